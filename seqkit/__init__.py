@@ -1,0 +1,30 @@
+"""seqkit: recurrent sequence models on one shared stacked bidirectional encoder.
+
+Public names: ``Cell`` (the recurrent cell contract), ``Encoder`` (the shared encoder),
+``hookimpl`` (the plugin marker), ``Recipe`` (typed recipes) and ``load`` (a trained model
+from a run folder).
+"""
+
+from .hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+from .cells import Cell  # noqa: E402
+from .encoder import Encoder  # noqa: E402
+from .recipe import Recipe  # noqa: E402
+
+
+def load(run_dir, *, device: str = "cpu", checkpoint: str = "best"):
+    """Load a trained model from a run folder (``seqkit recipe run ... --out DIR``).
+
+    Example::
+
+        tagger = seqkit.load("runs/msra")
+        tagger.tag(["张三在北京大学工作"])
+    """
+    from .build import load as _load
+
+    return _load(run_dir, device=device, checkpoint=checkpoint)
+
+
+__all__ = ["Cell", "Encoder", "Recipe", "__version__", "hookimpl", "load"]

@@ -1,0 +1,9 @@
+"""Built-in task heads."""
+
+import seqkit
+from seqkit.heads.tagger import Tagger
+
+
+@seqkit.hookimpl
+def register_heads(register):
+    register("tagger", Tagger)

@@ -1,0 +1,32 @@
+"""The hooks a seqkit plugin may implement.
+
+Each ``register_*`` hook receives a ``register(name, obj)`` callback and returns nothing.
+A hook implementation may accept a subset of a hook's arguments.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("seqkit")
+hookimpl = pluggy.HookimplMarker("seqkit")
+
+
+@hookspec
+def register_cells(register):
+    """Register recurrent cells: ``register("name", CellSubclass)``."""
+
+
+@hookspec
+def register_heads(register):
+    """Register task heads: ``register("name", HeadSubclass)``."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register dataset providers: ``register("name", provider)``."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``seqkit`` command-line group (a ``click.Group``)."""

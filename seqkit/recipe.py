@@ -1,0 +1,241 @@
+"""Recipes: typed, validated YAML with ``--set a.b=value`` overrides.
+
+Precedence is defaults < recipe file < ``--set``.  Every error names the file, the key path
+and what was expected, so it can be printed as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import RecipeError
+
+__all__ = [
+    "DataConfig",
+    "EncoderConfig",
+    "FeaturesConfig",
+    "HeadConfig",
+    "Recipe",
+    "TrainConfig",
+    "from_dict",
+    "parse_overrides",
+]
+
+
+@dataclass
+class EncoderConfig:
+    cell: str = "lstm"
+    num_layers: int = 2
+    hidden_size: int = 256
+    bidirectional: bool = True
+    dropout: float = 0.0
+    engine: Literal["auto", "fused", "generic"] = "auto"
+
+
+@dataclass
+class FeaturesConfig:
+    """Text features: token embeddings plus optional character-bigram embeddings."""
+
+    kind: Literal["tokens"] = "tokens"
+    embedding_dim: int = 100
+    bigram_dim: int = 0
+    min_freq: int = 1
+    bigram_min_freq: int = 2
+    dropout: float = 0.0
+    lowercase: bool = False
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int = 0  # 0: no limit
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = 0.0
+    lr_decay: float = 1.0  # multiply the learning rate by this after each epoch
+    clip_grad_norm: float = 5.0
+    seed: int = 1
+    patience: int = 0  # epochs without improvement before stopping; 0: never stop early
+    checkpoint_every: int = 500  # steps between 'last' checkpoints (besides each epoch end)
+    log_every: int = 50
+    eval_batch_size: int = 128
+    max_length: int = 0  # split longer training sequences into chunks; 0: keep whole
+    threads: int = 0  # torch intra-op threads; 0: leave torch's default
+
+
+@dataclass
+class DataConfig:
+    """Which dataset provider and its options (``dataset`` names a registered provider)."""
+
+    dataset: str = "conll"
+    train: Optional[str] = None
+    valid: Optional[str] = None
+    test: Optional[str] = None
+    valid_fraction: float = 0.0  # carve validation from train when there is no valid split
+    limit: int = 0  # keep the first N training sentences (0: all); for smoke tests
+    tokenize: Literal["chars", "whitespace"] = "chars"
+
+
+@dataclass
+class HeadConfig:
+    name: str = "tagger"
+    crf: bool = True
+    scheme: Literal["auto", "BIO", "BIOES"] = "auto"
+    dropout: float = 0.0
+
+
+@dataclass
+class Recipe:
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "auto"
+    source: str = field(default="<defaults>", metadata={"internal": True})
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "Recipe":
+        """Read a recipe file, apply ``--set`` overrides, validate, and return it."""
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"{path}: recipe file not found")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise RecipeError(f"{path}{where}: invalid YAML: {problem}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {_kind(raw)}")
+        apply_overrides(raw, overrides, str(path))
+        recipe = from_dict(cls, raw, source=str(path))
+        recipe.source = str(path)
+        return recipe
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("source", None)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, source=source, prefix=key)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, source, key)
+            except RecipeError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise RecipeError(f"{source}: {key}: expected {_describe(tp)}, got {value!r}")
+
+
+def from_dict(cls: Any, data: Any, *, source: str = "<recipe>", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    label = prefix or "recipe"
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: {label}: expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        raise RecipeError(
+            f"{source}: {key}: unknown key; expected one of {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, source, key)
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value is read as YAML: ``3`` is an int, ``true`` a bool, ``gru`` a string."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[list[str], Any]]:
+    parsed = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set encoder.num_layers=3")
+        parsed.append((key.strip().split("."), parse_value(value)))
+    return parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> None:
+    for keys, value in parse_overrides(overrides):
+        node = raw
+        for i, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            if not isinstance(child, dict):
+                path = ".".join(keys[: i + 1])
+                raise RecipeError(f"--set {'.'.join(keys)}: {path} in {source} is not a section")
+            node = child
+        node[keys[-1]] = value
