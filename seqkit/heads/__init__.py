@@ -1,0 +1,1 @@
+"""Output heads that turn per-token scores into tag sequences (CRF, tagging schemes)."""

@@ -1,0 +1,206 @@
+"""The tagging model: token features -> shared encoder -> tagging head, plus its data plumbing.
+
+Shape legend: N batch, L length, E embedding features.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..encoder import Encoder
+from ..features.text import PAD_ID, TextVocab, TokenEmbedder, split_text
+from ..heads.tagger import IGNORE
+from ..metrics.spans import span_scores, spans
+from ..recipe import Recipe
+
+__all__ = ["TagBatch", "TaggingModel", "make_batches", "normalise_tags"]
+
+
+@dataclass
+class TagBatch:
+    tokens: Tensor  # (N, L) ids
+    bigrams: Optional[Tensor]  # (N, L) ids
+    lengths: Tensor  # (N,)
+    tags: Optional[Tensor]  # (N, L) tag ids, IGNORE at padding
+    index: list[int]  # position of each row in the caller's list
+
+    def to(self, device: torch.device) -> "TagBatch":
+        move = (lambda t: None if t is None else t.to(device, non_blocking=True))
+        return TagBatch(move(self.tokens), move(self.bigrams), self.lengths, move(self.tags), self.index)
+
+    @property
+    def num_items(self) -> int:
+        return int(self.lengths.sum())
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
+    width = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    return out
+
+
+def collate(ids: Sequence[list[int]], bigrams: Optional[Sequence[list[int]]],
+            tags: Optional[Sequence[list[int]]], index: list[int]) -> TagBatch:
+    return TagBatch(
+        _pad(ids, PAD_ID),
+        None if bigrams is None else _pad(bigrams, PAD_ID),
+        torch.tensor([len(r) for r in ids], dtype=torch.long),
+        None if tags is None else _pad(tags, IGNORE),
+        index,
+    )
+
+
+def make_batches(
+    ids: Sequence[list[int]],
+    bigrams: Optional[Sequence[list[int]]],
+    tags: Optional[Sequence[list[int]]],
+    batch_size: int,
+    *,
+    seed: Optional[int] = None,
+) -> list[TagBatch]:
+    """Batches of similar length (little padding); shuffled deterministically when ``seed`` is set."""
+    order = list(range(len(ids)))
+    if seed is None:
+        order.sort(key=lambda i: len(ids[i]))
+        groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    else:
+        rng = random.Random(seed)
+        rng.shuffle(order)
+        pool = batch_size * 50  # sort within pools so batches vary between epochs
+        groups = []
+        for p in range(0, len(order), pool):
+            chunk = sorted(order[p : p + pool], key=lambda i: len(ids[i]))
+            groups += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(groups)
+    pick = lambda seq, g: None if seq is None else [seq[i] for i in g]  # noqa: E731
+    return [collate(pick(ids, g), pick(bigrams, g), pick(tags, g), g) for g in groups]
+
+
+def normalise_tags(tags: Sequence[str], scheme: str) -> list[str]:
+    """Re-encode a tag sequence through its spans so it obeys ``scheme`` (the CRF needs valid gold)."""
+    out = ["O"] * len(tags)
+    for kind, start, end in spans(tags, scheme):
+        if scheme == "BIOES" and end - start == 1:
+            out[start] = f"S-{kind}"
+            continue
+        out[start] = f"B-{kind}"
+        for i in range(start + 1, end):
+            out[i] = f"I-{kind}"
+        if scheme == "BIOES":
+            out[end - 1] = f"E-{kind}"
+    return out
+
+
+class TaggingModel(nn.Module):
+    """Token features, the shared encoder and a tagging head, ready to train or to tag text."""
+
+    monitor, mode = "f1", "max"
+
+    def __init__(self, recipe: Recipe, vocab: TextVocab, head_cls: Any, scheme: str) -> None:
+        super().__init__()
+        enc = recipe.encoder
+        self.recipe = recipe
+        self.vocab = vocab
+        self.scheme = scheme
+        self.embed = TokenEmbedder(vocab, recipe.features)
+        self.encoder = Encoder(
+            self.embed.output_size, enc.hidden_size, num_layers=enc.num_layers, cell=enc.cell,
+            bidirectional=enc.bidirectional, dropout=enc.dropout, batch_first=True, engine=enc.engine,
+        )
+        self.head = head_cls(self.encoder.output_size, vocab.labels, crf=recipe.head.crf, scheme=scheme,
+                             dropout=recipe.head.dropout)
+
+    def features(self, batch: TagBatch) -> Tensor:
+        x = self.embed(batch.tokens, batch.bigrams)  # (N, L, E)
+        out, _ = self.encoder(x, batch.lengths)  # (N, L, D*H)
+        return out
+
+    def loss(self, batch: TagBatch) -> Tensor:
+        return self.head.loss(self.features(batch), batch.lengths.to(batch.tokens.device), batch.tags)
+
+    def predict(self, batch: TagBatch) -> list[list[str]]:
+        paths = self.head.decode(self.features(batch), batch.lengths.to(batch.tokens.device))
+        labels = self.vocab.labels
+        return [[labels[i] for i in path] for path in paths]
+
+    def evaluate(self, batches: Iterable[TagBatch]) -> dict[str, Any]:
+        gold, pred = [], []
+        for batch in batches:
+            assert batch.tags is not None
+            pred += self.predict(batch)
+            for row, n in zip(batch.tags.tolist(), batch.lengths.tolist()):
+                gold.append([self.vocab.labels[i] for i in row[:n]])
+        return span_scores(gold, pred, self.scheme)
+
+    def encode_corpus(self, sentences: Sequence[tuple[list[str], list[str]]], where: str = ""):
+        ids, big = self.vocab.encode([words for words, _ in sentences])
+        tags = [self.vocab.encode_tags(t, where) for _, t in sentences]
+        return ids, big, tags
+
+    @torch.inference_mode()
+    def tag(self, texts: Sequence[Union[str, Sequence[str]]], *, batch_size: int = 64) -> list[dict[str, Any]]:
+        """Tag raw strings (tokenised as in training) or pre-tokenised lists.
+
+        Returns one dict per input: ``tokens``, ``tags`` and ``entities`` (``type``, ``text``,
+        ``start``, ``end``); offsets count characters of a raw string (end exclusive) and
+        tokens of a pre-tokenised input.
+        """
+        self.eval()
+        device = next(self.parameters()).device
+        token_lists, offsets = [], []
+        for text in texts:
+            if isinstance(text, str):
+                toks, offs = _tokens_with_offsets(text, self.vocab.tokenize)
+            else:
+                toks = [str(t) for t in text]
+                offs = [(i, i + 1) for i in range(len(toks))]
+            token_lists.append(toks)
+            offsets.append(offs)
+        tags: list[list[str]] = [[] for _ in texts]
+        live = [i for i, toks in enumerate(token_lists) if toks]  # empty input: nothing to run
+        ids, big = self.vocab.encode([token_lists[i] for i in live])
+        for batch in make_batches(ids, big, None, batch_size):
+            for row, path in zip(batch.index, self.predict(batch.to(device))):
+                tags[live[row]] = path
+        results = []
+        for text, toks, offs, tag_seq in zip(texts, token_lists, offsets, tags):
+            entities = []
+            for kind, start, end in spans(tag_seq, self.scheme):
+                a, b = offs[start][0], offs[end - 1][1]
+                surface = text[a:b] if isinstance(text, str) else " ".join(toks[start:end])
+                entities.append({"type": kind, "text": surface, "start": a, "end": b})
+            results.append({"tokens": toks, "tags": tag_seq, "entities": entities})
+        return results
+
+
+def _tokens_with_offsets(text: str, tokenize: str) -> tuple[list[str], list[tuple[int, int]]]:
+    toks, offs = [], []
+    if tokenize == "chars":
+        for i, ch in enumerate(text):
+            if not ch.isspace():
+                toks.append(ch)
+                offs.append((i, i + 1))
+        return toks, offs
+    pos = 0
+    for word in split_text(text, tokenize):
+        start = text.index(word, pos)
+        toks.append(word)
+        offs.append((start, start + len(word)))
+        pos = start + len(word)
+    return toks, offs
+
+
+def save_vocab(vocab: TextVocab, run_dir: Path) -> None:
+    vocab.save(run_dir / "vocab")

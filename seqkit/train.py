@@ -1,0 +1,453 @@
+"""The training loop: seeded, interruptible, and resumable bit for bit from its run folder.
+
+The trainer knows models only through a small protocol: ``model.loss(batch)`` returns the mean
+training loss of a batch and ``model.evaluate(batches)`` returns a dict of float metrics.  A
+batch needs ``batch.to(device)``, ``batch.num_items`` (tokens or frames) and ``len(batch)``.
+
+Run folder::
+
+    run_dir/metrics.jsonl                 one JSON object per line ("train" / "valid" events)
+    run_dir/checkpoints/last.safetensors  (+ .json) everything needed to resume
+    run_dir/checkpoints/best.safetensors  (+ .json) weights with the best monitored metric
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Sequence
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, preserved_rng, save_checkpoint
+from .errors import SeqkitError
+from .recipe import TrainConfig
+
+__all__ = ["Trainer", "build_optimizer"]
+
+# Changing any of these between the interrupted run and --resume changes the result.
+_RESUME_SENSITIVE = ("seed", "batch_size", "optimizer", "lr", "lr_decay", "weight_decay",
+                     "clip_grad_norm", "max_length")
+
+
+@dataclass
+class _State:
+    """Everything about training progress that a resumed run must continue from."""
+
+    epoch: int = 0  # epoch in progress, 0-based
+    batch: int = 0  # batches of that epoch already trained
+    step: int = 0  # optimizer steps so far
+    best: dict | None = None
+    best_value: float | None = None
+    bad_epochs: int = 0  # validations since the monitored metric last improved
+    metrics_lines: int = 0  # lines in metrics.jsonl that belong to this state
+    window_loss: float = 0.0  # loss sum since the last "train" log line
+    window_steps: int = 0
+    window_items: int = 0
+    epoch_loss: float = 0.0  # for the progress bar's running mean
+    epoch_steps: int = 0
+    elapsed: float = 0.0  # seconds spent in fit() over all resumed sessions
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Create the optimizer named by ``config.optimizer`` over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9,
+                               weight_decay=config.weight_decay)
+    raise SeqkitError(f"train.optimizer: expected one of 'adam', 'adamw', 'sgd', "
+                      f"got {config.optimizer!r}")
+
+
+class Trainer:
+    """Train a protocol model, validating each epoch and checkpointing into ``run_dir``."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, run_dir: Path, *,
+                 device: torch.device, train_batches: Callable[[int], Sequence[Any]],
+                 valid_batches: Sequence[Any] | None, monitor: str,
+                 mode: Literal["max", "min"], progress: bool = True, meta: dict | None = None):
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.train_batches = train_batches
+        self.valid_batches = valid_batches
+        self.monitor = monitor
+        self.mode = mode
+        self.progress = progress
+        self.meta = dict(meta or {})
+        self.optimizer = build_optimizer(self.model, config)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.state = _State()
+        self.stats: dict[str, float] = {}
+        self._stop_requested = False
+        self._fitted = False
+        self._saved_key: tuple | None = None
+        self._last_valid: dict = {}
+        self._log = None
+        self._t0 = time.perf_counter()
+        self._window_t0 = self._t0
+        self._items = 0
+
+    def checkpoint_path(self, which: str) -> Path:
+        """Path of the ``best`` or ``last`` checkpoint in this run folder."""
+        if which not in ("best", "last"):
+            raise ValueError(f"checkpoint must be 'best' or 'last', got {which!r}")
+        return self.run_dir / "checkpoints" / f"{which}.safetensors"
+
+    def request_stop(self) -> None:
+        """Ask fit() to save ``last`` and return at the next step boundary (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    # --- fit -------------------------------------------------------------------------------
+
+    def fit(self, *, resume: bool = False) -> dict:
+        """Train until done, ``max_steps``, early stopping or interruption; see module doc."""
+        if self._fitted and not resume:
+            raise RuntimeError("this Trainer has trained already; build a new model and Trainer")
+        self._fitted = True
+        self._seed()
+        self._t0 = self._window_t0 = time.perf_counter()
+        self._items = 0
+        self._stop_requested = False
+        self._last_valid = {}
+        previous = self._install_sigint()
+        try:
+            self._prepare(resume)
+            with open(self.metrics_path, "a", encoding="utf-8") as self._log:
+                stopped = self._run()
+        finally:
+            self._log = None
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            self._record_stats()
+        if stopped == "interrupted":
+            print(f"Interrupted at step {self.state.step}; saved {self.checkpoint_path('last')}. "
+                  "Run the same command with --resume to continue.", file=sys.stderr)
+        return {"best": self.state.best or {}, "stopped": stopped, "steps": self.state.step,
+                "epochs": self.state.epoch, "valid": self._last_valid}
+
+    def _run(self) -> str:
+        config, st = self.config, self.state
+        while st.epoch < config.epochs:
+            if self._limit_reached():
+                return "max_steps"
+            if self._patience_exhausted():
+                return "early_stopping"
+            for group in self.optimizer.param_groups:
+                group["lr"] = config.lr * config.lr_decay ** st.epoch
+            with preserved_rng():  # batching must not shift the RNG stream dropout uses
+                batches = self.train_batches(st.epoch)
+            outcome = self._train_epoch(batches)
+            if outcome == "interrupted":
+                self._save_last()
+                return outcome
+            if outcome == "max_steps":
+                # Mid-epoch stop: 'last' is saved before this extra validation so that a
+                # resumed run continues exactly as if it had never stopped.
+                self._save_last()
+                self._validate(partial=True)
+                return outcome
+            self._validate(partial=False)
+            st.epoch, st.batch = st.epoch + 1, 0
+            st.epoch_loss, st.epoch_steps = 0.0, 0
+            self._save_last()
+            if self._limit_reached():
+                return "max_steps"
+            if self._patience_exhausted():
+                return "early_stopping"
+        return "completed"
+
+    def _train_epoch(self, batches: Sequence[Any]) -> str | None:
+        """Train the rest of the current epoch; return why it stopped early, if it did."""
+        config, st = self.config, self.state
+        if self._stop_requested:
+            return "interrupted"
+        total = len(batches) - st.batch
+        if config.max_steps > 0:
+            total = max(0, min(total, config.max_steps - st.step))
+        bar = tqdm(total=total, desc=f"epoch {st.epoch + 1}/{config.epochs}", unit="batch",
+                   file=sys.stderr, dynamic_ncols=True, disable=not self.progress)
+        bar_t0, bar_items = time.perf_counter(), 0
+        with bar:
+            for k in range(st.batch, len(batches)):
+                loss, items = self._step(batches[k])
+                st.batch = k + 1
+                bar_items += items
+                self._account(loss, items)
+                bar.update(1)
+                rate = bar_items / max(time.perf_counter() - bar_t0, 1e-9)
+                bar.set_postfix(loss=f"{st.epoch_loss / st.epoch_steps:.4f}",
+                                items_s=f"{rate:.0f}", refresh=False)
+                if self._stop_requested:
+                    return "interrupted"
+                if self._limit_reached():
+                    return "max_steps" if st.batch < len(batches) else None
+                # At the epoch end the epoch-end checkpoint follows anyway.
+                if (config.checkpoint_every > 0 and st.step % config.checkpoint_every == 0
+                        and st.batch < len(batches)):
+                    self._save_last()
+        return None
+
+    def _step(self, batch: Any) -> tuple[float, int]:
+        """One optimizer step on ``batch``; return its loss and item count."""
+        batch = batch.to(self.device)
+        self.model.train()
+        loss = self.model.loss(batch)
+        value = float(loss.detach())  # syncs, but the NaN check needs the value anyway
+        if not math.isfinite(value):
+            raise SeqkitError(f"loss became NaN/inf at step {self.state.step + 1}; "
+                              "lower train.lr or set train.clip_grad_norm")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip_grad_norm > 0:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
+            if not math.isfinite(float(norm)):
+                raise SeqkitError(f"gradient became NaN/inf at step {self.state.step + 1}; "
+                                  "lower train.lr or set train.clip_grad_norm")
+        self.optimizer.step()
+        self.state.step += 1
+        return value, int(batch.num_items)
+
+    def _account(self, loss: float, items: int) -> None:
+        """Accumulate loss and throughput, writing a "train" line every ``log_every`` steps."""
+        st = self.state
+        self._items += items
+        st.window_loss += loss
+        st.window_steps += 1
+        st.window_items += items
+        st.epoch_loss += loss
+        st.epoch_steps += 1
+        if self.config.log_every > 0 and st.step % self.config.log_every == 0:
+            now = time.perf_counter()
+            rate = st.window_items / max(now - self._window_t0, 1e-9)
+            self._write_log({"event": "train", "epoch": st.epoch + 1, "step": st.step,
+                             "loss": st.window_loss / st.window_steps,
+                             "lr": self.optimizer.param_groups[0]["lr"],
+                             "items_per_s": rate, "time": round(self._elapsed(), 3)})
+            st.window_loss, st.window_steps, st.window_items = 0.0, 0, 0
+            self._window_t0 = now
+
+    # --- validation and checkpoints --------------------------------------------------------
+
+    def _validate(self, *, partial: bool) -> None:
+        """Validate, log, and track the best model; ``partial`` marks a mid-epoch stop."""
+        st = self.state
+        if self.valid_batches is None:
+            # Without validation data the newest weights are the best we know of.
+            if not partial or not self.checkpoint_path("best").exists():
+                self._save_best()
+            return
+        started = time.perf_counter()
+        metrics = self._evaluate(self.valid_batches)
+        self._window_t0 += time.perf_counter() - started  # throughput counts training only
+        if self.monitor not in metrics:
+            raise SeqkitError(f"monitor metric {self.monitor!r} is not among the validation "
+                              f"metrics ({', '.join(sorted(metrics)) or 'none'})")
+        self._last_valid = metrics
+        self._write_log({"event": "valid", "epoch": st.epoch + 1, "step": st.step, **metrics})
+        if self.progress:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+            tqdm.write(f"epoch {st.epoch + 1} step {st.step}: {shown}", file=sys.stderr)
+        value = metrics[self.monitor]
+        if partial and st.best_value is not None:
+            # A mid-epoch model may not replace the best: an uninterrupted run never sees it,
+            # and resuming must reproduce that run's best checkpoint.
+            return
+        if self._improves(value):
+            st.best, st.best_value, st.bad_epochs = metrics, value, 0
+            self._save_best()
+        elif not partial:
+            st.bad_epochs += 1
+
+    def _improves(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        best = self.state.best_value
+        if best is None:
+            return True
+        return value > best if self.mode == "max" else value < best
+
+    def _evaluate(self, batches: Iterable[Any]) -> dict[str, float]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with preserved_rng(), torch.no_grad():
+                metrics = self.model.evaluate(batch.to(self.device) for batch in batches)
+        finally:
+            self.model.train(was_training)
+        return _as_numbers(metrics)
+
+    def evaluate(self, batches: Iterable[Any], *, checkpoint: str = "best") -> dict[str, float]:
+        """Load the ``best``/``last`` checkpoint if it exists, then evaluate ``batches``."""
+        path = self.checkpoint_path(checkpoint)
+        if path.exists():
+            load_checkpoint(path, self.model)
+        return self._evaluate(batches)
+
+    def _checkpoint_meta(self) -> dict:
+        self.state.elapsed = self._elapsed()
+        trainer = {"state": dataclasses.asdict(self.state),
+                   "config": dataclasses.asdict(self.config),
+                   "monitor": self.monitor, "mode": self.mode}
+        return {**self.meta, "trainer": trainer}
+
+    def _progress_key(self) -> tuple:
+        st = self.state
+        return (st.epoch, st.batch, st.step, st.metrics_lines)
+
+    def _save_last(self) -> None:
+        if self._saved_key == self._progress_key():
+            return  # nothing happened since the previous save (e.g. Ctrl-C at an epoch end)
+        save_checkpoint(self.checkpoint_path("last"), self.model, self.optimizer,
+                        self._checkpoint_meta())
+        self._saved_key = self._progress_key()
+
+    def _save_best(self) -> None:
+        save_checkpoint(self.checkpoint_path("best"), self.model, None, self._checkpoint_meta())
+
+    # --- setup and bookkeeping -------------------------------------------------------------
+
+    def _seed(self) -> None:
+        torch.manual_seed(self.config.seed)
+        random.seed(self.config.seed)
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed(self.config.seed)
+        if self.config.threads > 0:
+            torch.set_num_threads(self.config.threads)
+
+    def _prepare(self, resume: bool) -> None:
+        """Load ``last`` when resuming; otherwise clear what an earlier run left behind."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        last = self.checkpoint_path("last")
+        if resume and last.exists():
+            meta = load_checkpoint(last, self.model, self.optimizer, restore_rng=True)
+            trainer = meta.get("trainer")
+            if not isinstance(trainer, dict) or "state" not in trainer:
+                raise SeqkitError(f"{last}: not a training checkpoint; train again without "
+                                  "--resume")
+            known = {f.name for f in dataclasses.fields(_State)}
+            self.state = _State(**{k: v for k, v in trainer["state"].items() if k in known})
+            self._warn_changes(trainer)
+            _truncate_lines(self.metrics_path, self.state.metrics_lines)
+            self._saved_key = self._progress_key()
+            print(f"Resuming from {last} (epoch {self.state.epoch + 1}, "
+                  f"step {self.state.step}).", file=sys.stderr)
+            return
+        if resume:
+            print(f"No checkpoint at {last}; starting a fresh run.", file=sys.stderr)
+        self.state = _State()
+        self._saved_key = None
+        for which in ("last", "best"):
+            path = self.checkpoint_path(which)
+            for stale in (path, path.with_suffix(".json")):
+                stale.unlink(missing_ok=True)
+        _truncate_lines(self.metrics_path, 0)
+
+    def _warn_changes(self, trainer: dict) -> None:
+        saved = trainer.get("config", {})
+        now = dataclasses.asdict(self.config)
+        changed = [k for k in _RESUME_SENSITIVE if k in saved and saved[k] != now[k]]
+        if trainer.get("monitor") != self.monitor or trainer.get("mode") != self.mode:
+            changed.append("monitor/mode")
+        if changed:
+            print(f"Note: resuming with changed {', '.join(changed)}; the result will differ "
+                  "from an uninterrupted run.", file=sys.stderr)
+
+    def _limit_reached(self) -> bool:
+        return self.config.max_steps > 0 and self.state.step >= self.config.max_steps
+
+    def _patience_exhausted(self) -> bool:
+        return (self.config.patience > 0 and self.valid_batches is not None
+                and self.state.bad_epochs >= self.config.patience)
+
+    def _elapsed(self) -> float:
+        return self.state.elapsed + (time.perf_counter() - self._t0)
+
+    def _write_log(self, record: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in record.items()}  # NaN is not valid JSON
+        self._log.write(json.dumps(clean) + "\n")
+        self._log.flush()
+        self.state.metrics_lines += 1
+
+    def _install_sigint(self):
+        """Make Ctrl-C stop at the next step (twice: abort now); return the old handler."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            print("\nStopping after this step (press Ctrl-C again to abort now).",
+                  file=sys.stderr)
+
+        previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, handler)
+        # None means a handler set outside Python; Python's default is the closest match.
+        return previous if previous is not None else signal.default_int_handler
+
+    def _record_stats(self) -> None:
+        wall = time.perf_counter() - self._t0
+        self.stats = {"wall_s": wall, "peak_rss_mb": _peak_rss_mb(), "steps": self.state.step,
+                      "items": self._items, "items_per_s": self._items / max(wall, 1e-9)}
+        if self.device.type == "cuda":
+            self.stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+def _truncate_lines(path: Path, keep: int) -> None:
+    """Keep the first ``keep`` lines of ``path`` (dropping what a later, lost run logged)."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines[:keep] if line.endswith("\n")]
+    if len(kept) == len(lines):
+        return
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.writelines(kept)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports kilobytes, macOS bytes.
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _as_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metric values as floats (ints stay ints); nested tables such as per-type scores are kept."""
+    out: dict[str, Any] = {}
+    for name, value in metrics.items():
+        if isinstance(value, dict):
+            out[name] = _as_numbers(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out[name] = value
+        else:
+            out[name] = float(value)
+    return out

@@ -1,0 +1,246 @@
+"""Trainer: determinism, exact resume, early stopping, checkpoints and failure modes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from seqkit.checkpoint import read_meta
+from seqkit.errors import SeqkitError
+from seqkit.recipe import TrainConfig
+from seqkit.train import Trainer
+
+_gen = torch.Generator().manual_seed(0)
+X = torch.randn(36, 4, generator=_gen)
+Y = (X @ torch.randn(4, 3, generator=_gen)).argmax(dim=1)
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.x.to(device), self.y.to(device))
+
+    @property
+    def num_items(self) -> int:
+        return int(self.x.shape[0])
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+def train_batches(epoch: int) -> list[Batch]:
+    order = torch.randperm(len(X), generator=torch.Generator().manual_seed(100 + epoch))
+    return [Batch(X[idx], Y[idx]) for idx in order.split(6)]  # 6 batches per epoch
+
+
+VALID = [Batch(X[:18], Y[:18]), Batch(X[18:], Y[18:])]
+
+
+class Toy(nn.Module):
+    """Dropout makes the result depend on the RNG stream, which resume must restore."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.3)
+        self.lin = nn.Linear(4, 3)
+        self.calls = 0
+        self.hook = None  # called with the call count before each training loss
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        self.calls += 1
+        if self.hook is not None:
+            self.hook(self.calls)
+        return F.cross_entropy(self.lin(self.drop(batch.x)), batch.y)
+
+    def evaluate(self, batches) -> dict[str, float]:
+        total = correct = 0
+        loss = 0.0
+        for batch in batches:
+            logits = self.lin(batch.x)
+            loss += float(F.cross_entropy(logits, batch.y, reduction="sum"))
+            correct += int((logits.argmax(1) == batch.y).sum())
+            total += len(batch)
+        return {"acc": correct / total, "loss": loss / total}
+
+
+def make(run_dir: Path, hook=None, monitor: str = "acc", **overrides) -> Trainer:
+    options = dict(epochs=3, lr=0.05, seed=3, log_every=1, checkpoint_every=4)
+    options.update(overrides)
+    torch.manual_seed(0)  # the same initial weights in every run
+    model = Toy()
+    model.hook = hook
+    return Trainer(model, TrainConfig(**options), run_dir, device=torch.device("cpu"),
+                   train_batches=train_batches, valid_batches=VALID, monitor=monitor,
+                   mode="max" if monitor == "acc" else "min", progress=False,
+                   meta={"recipe": "toy"})
+
+
+def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def log_lines(run_dir: Path) -> list[dict]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:  # timings differ between runs by nature
+        line.pop("time", None)
+        line.pop("items_per_s", None)
+    return lines
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[dict, dict, Path]:
+    run_dir = tmp_path_factory.mktemp("ref")
+    trainer = make(run_dir)
+    result = trainer.fit()
+    return result, weights(trainer), run_dir
+
+
+def test_same_seed_same_result(tmp_path: Path, reference) -> None:
+    result, final, ref_dir = reference
+    trainer = make(tmp_path)
+    assert trainer.fit() == result
+    assert same(weights(trainer), final)
+    assert log_lines(tmp_path) == log_lines(ref_dir)
+    assert result["stopped"] == "completed" and result["steps"] == 18 and result["epochs"] == 3
+    assert trainer.stats["wall_s"] > 0 and trainer.stats["peak_rss_mb"] > 0
+
+
+def test_run_folder_layout(reference) -> None:
+    result, _, run_dir = reference
+    ckpt = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "best.json", "best.safetensors", "last.json", "last.safetensors"]
+    for name in ("best.safetensors", "last.safetensors"):
+        data = (ckpt / name).read_bytes()
+        header = int.from_bytes(data[:8], "little")
+        assert data[8:9] == b"{" and json.loads(data[8:8 + header])  # safetensors, not pickle
+    assert read_meta(ckpt / "last.safetensors")["recipe"] == "toy"
+    lines = log_lines(run_dir)
+    valid = [line for line in lines if line["event"] == "valid"]
+    assert [(v["epoch"], v["step"]) for v in valid] == [(1, 6), (2, 12), (3, 18)]
+    assert result["best"]["acc"] == max(v["acc"] for v in valid)
+    assert len([line for line in lines if line["event"] == "train"]) == 18
+
+
+def test_resume_after_max_steps_is_exact(tmp_path: Path, reference) -> None:
+    result, final, ref_dir = reference
+    first = make(tmp_path, max_steps=8).fit()  # stops mid-epoch 2
+    assert first["stopped"] == "max_steps" and first["steps"] == 8
+    assert (tmp_path / "checkpoints" / "best.safetensors").exists()
+    trainer = make(tmp_path)
+    assert trainer.fit(resume=True) == result
+    assert same(weights(trainer), final)
+    assert log_lines(tmp_path) == log_lines(ref_dir)
+    best = [load_file(d / "checkpoints" / "best.safetensors") for d in (tmp_path, ref_dir)]
+    assert same(*best)
+
+
+def test_mid_epoch_stop_keeps_epoch_end_best(tmp_path: Path) -> None:
+    # An uninterrupted run never validates at step 8, so a resumed one must not inherit it.
+    result = make(tmp_path, monitor="loss", max_steps=8).fit()
+    assert result["valid"]["loss"] < result["best"]["loss"]
+    assert read_meta(tmp_path / "checkpoints" / "best.safetensors")["trainer"]["state"]["step"] == 6
+
+
+@pytest.mark.parametrize("crash_at", [6, 7, 11])
+def test_resume_after_crash_is_exact(tmp_path: Path, reference, crash_at: int) -> None:
+    result, final, ref_dir = reference
+    def crash(calls: int) -> None:
+        if calls == crash_at:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError):
+        make(tmp_path, hook=crash, checkpoint_every=3).fit()
+    trainer = make(tmp_path, checkpoint_every=3)
+    assert trainer.fit(resume=True) == result
+    assert same(weights(trainer), final)
+    assert log_lines(tmp_path) == log_lines(ref_dir)
+
+
+def test_ctrl_c_saves_last_and_resumes(tmp_path: Path, reference, capsys) -> None:
+    result, final, _ = reference
+    hook = lambda calls: os.kill(os.getpid(), signal.SIGINT) if calls == 5 else None  # noqa: E731
+    before = signal.getsignal(signal.SIGINT)
+    first = make(tmp_path, hook=hook).fit()
+    assert signal.getsignal(signal.SIGINT) is before
+    assert first["stopped"] == "interrupted" and first["steps"] == 5
+    assert "--resume" in capsys.readouterr().err
+    assert read_meta(tmp_path / "checkpoints" / "last.safetensors")["trainer"]["state"]["step"] == 5
+    trainer = make(tmp_path)
+    assert trainer.fit(resume=True) == result
+    assert same(weights(trainer), final)
+
+
+def test_second_ctrl_c_aborts(tmp_path: Path) -> None:
+    def press_twice(calls: int) -> None:
+        if calls == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path, hook=press_twice).fit()
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path: Path, reference, capsys) -> None:
+    result, _, _ = reference
+    assert make(tmp_path).fit(resume=True) == result
+    assert "starting a fresh run" in capsys.readouterr().err
+
+
+def test_early_stopping(tmp_path: Path) -> None:
+    # With lr=0 the validation loss never improves after the first epoch.
+    trainer = Trainer(Toy(), TrainConfig(epochs=10, lr=0.0, optimizer="sgd", patience=2),
+                      tmp_path, device=torch.device("cpu"), train_batches=train_batches,
+                      valid_batches=VALID, monitor="loss", mode="min", progress=False)
+    result = trainer.fit()
+    assert result["stopped"] == "early_stopping" and result["epochs"] == 3
+    assert read_meta(tmp_path / "checkpoints" / "best.safetensors")["trainer"]["state"]["step"] == 6
+
+
+def test_nan_loss_is_a_clean_error(tmp_path: Path) -> None:
+    trainer = make(tmp_path)
+
+    def poison(calls: int) -> None:
+        if calls == 3:
+            with torch.no_grad():
+                trainer.model.lin.weight.fill_(float("nan"))
+
+    trainer.model.hook = poison
+    with pytest.raises(SeqkitError, match="NaN/inf at step 3; lower train.lr"):
+        trainer.fit()
+    assert not (tmp_path / "checkpoints" / "last.safetensors").exists()
+
+
+def test_unknown_monitor_is_a_clean_error(tmp_path: Path) -> None:
+    trainer = make(tmp_path)
+    trainer.monitor = "f1"
+    with pytest.raises(SeqkitError, match="'f1' is not among the validation metrics"):
+        trainer.fit()
+
+
+def test_evaluate_loads_best_checkpoint(tmp_path: Path) -> None:
+    trainer = make(tmp_path, epochs=2)
+    result = trainer.fit()
+    with torch.no_grad():
+        for param in trainer.model.parameters():
+            param.zero_()
+    assert trainer.evaluate(VALID, checkpoint="best") == result["best"]
+    assert trainer.evaluate(VALID, checkpoint="last") == result["valid"]
+    assert dataclasses.asdict(trainer.config)["epochs"] == 2
