@@ -69,6 +69,7 @@ class TrainConfig:
     eval_batch_size: int = 128
     max_length: int = 0  # split longer training sequences into chunks; 0: keep whole
     threads: int = 0  # torch intra-op threads; 0: leave torch's default
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls and recurrences to bfloat16
 
 
 @dataclass
