@@ -23,6 +23,7 @@ __all__ = [
     "FeaturesConfig",
     "HeadConfig",
     "Recipe",
+    "SynthConfig",
     "TrainConfig",
     "from_dict",
     "parse_overrides",
@@ -41,15 +42,30 @@ class EncoderConfig:
 
 @dataclass
 class FeaturesConfig:
-    """Text features: token embeddings plus optional character-bigram embeddings."""
+    """Text features (token and character-bigram embeddings) or audio features (log-mel
+    filterbanks, SpecAugment and a convolutional front-end that subsamples time)."""
 
-    kind: Literal["tokens"] = "tokens"
+    kind: Literal["tokens", "fbank"] = "tokens"  # fbank: audio, for transcription heads
     embedding_dim: int = 100
     bigram_dim: int = 0
     min_freq: int = 1
     bigram_min_freq: int = 2
-    dropout: float = 0.0
+    max_vocab: int = 0  # keep only the most frequent tokens; 0: no cap
+    bigram_max_vocab: int = 0  # keep only the most frequent bigrams; 0: no cap
+    dropout: float = 0.0  # on the embeddings (tokens) or on the front-end's output (fbank)
     lowercase: bool = False
+    # fbank only: audio is read at any rate and resampled to sample_rate
+    sample_rate: int = 16000
+    n_mels: int = 80  # mel bins of 25 ms windows every 10 ms
+    normalize: Literal["utterance", "global", "none"] = "utterance"  # mean/variance per mel bin
+    freq_masks: int = 2  # SpecAugment (training only): masks per utterance across mel bins ...
+    freq_mask_width: int = 15  # ... each up to this many bins wide
+    time_masks: int = 2  # masks per utterance across time ...
+    time_mask_width: int = 40  # ... each up to this many 10 ms frames ...
+    time_mask_fraction: float = 0.15  # ... and up to this fraction of the utterance
+    subsampling: int = 4  # time subsampling of the conv front-end: 1, 2, 4 (<= 2**conv_layers)
+    conv_layers: int = 2  # 3x3 conv layers, each halving the mel axis
+    conv_channels: int = 32
 
 
 @dataclass
@@ -73,6 +89,26 @@ class TrainConfig:
 
 
 @dataclass
+class SynthConfig:
+    """The ``synth-speech`` dataset: real text read aloud by espeak-ng voices and variants.
+
+    Test and validation voices, variants and sentences never occur in training; the flite
+    and LibriVox splits are reported beside the test metrics.
+    """
+
+    text: Literal["kjv", "fortunes"] = "kjv"  # KJV verses (bible-kjv) or fortunes (fortunes-min)
+    train: int = 6000  # utterances per split
+    valid: int = 200
+    test: int = 300
+    flite: int = 200  # held-out flite voices reading held-out sentences (0: no flite split)
+    librivox: bool = True  # the five real LibriVox sentences of pocketsphinx-testdata
+    min_words: int = 3  # text is cut at punctuation into chunks of min_words..max_words
+    max_words: int = 16
+    seed: int = 0  # picks sentences, voices, speeds and pitches; same seed, same audio
+    jobs: int = 0  # synthesis processes at once (0: one per CPU core)
+
+
+@dataclass
 class DataConfig:
     """Which dataset provider and its options (``dataset`` names a registered provider)."""
 
@@ -83,6 +119,8 @@ class DataConfig:
     valid_fraction: float = 0.0  # carve validation from train when there is no valid split
     limit: int = 0  # keep the first N training sentences (0: all); for smoke tests
     tokenize: Literal["chars", "whitespace"] = "chars"
+    cache_dir: Optional[str] = None  # where generated data is kept (default ~/.cache/seqkit)
+    synth: SynthConfig = field(default_factory=SynthConfig)  # options of synth-speech
 
 
 @dataclass
@@ -91,6 +129,11 @@ class HeadConfig:
     crf: bool = True
     scheme: Literal["auto", "BIO", "BIOES"] = "auto"
     dropout: float = 0.0
+    # ctc (transcription) only
+    vocab: Literal["chars", "bpe"] = "chars"  # output units: characters or BPE pieces
+    bpe_size: int = 256  # BPE vocabulary size (HF tokenizers, trained on the training text)
+    beam_size: int = 16  # beam search width for the test report and `transcribe --beam`
+    lexicon: Optional[str] = None  # word list: beam search may only output these words
 
 
 @dataclass

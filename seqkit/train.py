@@ -109,6 +109,13 @@ class Trainer:
         self._window_t0 = self._t0
         self._items = 0
 
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast for forward and loss when ``precision: bf16`` (backward runs outside it)."""
+        enabled = self.config.precision == "bf16"
+        if enabled and self.device.type not in ("cpu", "cuda"):
+            raise SeqkitError(f"train.precision: bf16 is supported on cpu and cuda, not {self.device.type}")
+        return torch.autocast(self.device.type if enabled else "cpu", dtype=torch.bfloat16, enabled=enabled)
+
     def checkpoint_path(self, which: str) -> Path:
         """Path of the ``best`` or ``last`` checkpoint in this run folder."""
         if which not in ("best", "last"):
@@ -213,7 +220,8 @@ class Trainer:
         """One optimizer step on ``batch``; return its loss and item count."""
         batch = batch.to(self.device)
         self.model.train()
-        loss = self.model.loss(batch)
+        with self._autocast():
+            loss = self.model.loss(batch)
         value = float(loss.detach())  # syncs, but the NaN check needs the value anyway
         if not math.isfinite(value):
             raise SeqkitError(f"loss became NaN/inf at step {self.state.step + 1}; "
@@ -293,7 +301,7 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         try:
-            with preserved_rng(), torch.no_grad():
+            with preserved_rng(), torch.no_grad(), self._autocast():
                 metrics = self.model.evaluate(batch.to(self.device) for batch in batches)
         finally:
             self.model.train(was_training)
@@ -307,8 +315,9 @@ class Trainer:
         return self._evaluate(batches)
 
     def _checkpoint_meta(self) -> dict:
-        self.state.elapsed = self._elapsed()
-        trainer = {"state": dataclasses.asdict(self.state),
+        state = dataclasses.asdict(self.state)
+        state["elapsed"] = self._elapsed()  # this session's time is added on top, not folded in
+        trainer = {"state": state,
                    "config": dataclasses.asdict(self.config),
                    "monitor": self.monitor, "mode": self.mode}
         return {**self.meta, "trainer": trainer}

@@ -39,7 +39,7 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(getattr(exc, "exit_code", 2))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,7 +57,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
 
 
-from . import commands, recipe  # noqa: E402,F401  (they attach their commands to `cli`)
+from . import commands, recipe, speech  # noqa: E402,F401  (they attach their commands to `cli`)
 
 
 def main() -> None:

@@ -37,10 +37,12 @@ def _bigrams(tokens: Sequence[str]) -> list[str]:
     return [a + "\u2581" + b for a, b in zip(tokens, nxt)]
 
 
-def _word_level(items: Iterable[str], min_freq: int) -> Tokenizer:
+def _word_level(items: Iterable[str], min_freq: int, max_size: int) -> Tokenizer:
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    # tokenizers caps vocabularies at 30,000 unless told otherwise; seqkit caps only on request
     trainer = trainers.WordLevelTrainer(
-        min_frequency=min_freq, special_tokens=[PAD, UNK], show_progress=False
+        vocab_size=max_size if max_size > 0 else 2**31 - 1,
+        min_frequency=min_freq, special_tokens=[PAD, UNK], show_progress=False,
     )
     tok.train_from_iterator(items, trainer=trainer)
     return tok
@@ -73,12 +75,14 @@ class TextVocab:
         tokenize: str,
     ) -> "TextVocab":
         norm = _normaliser(config.lowercase)
-        tokens = _word_level((norm(t) for words, _ in sentences for t in words), config.min_freq)
+        tokens = _word_level((norm(t) for words, _ in sentences for t in words), config.min_freq,
+                             config.max_vocab)
         bigrams = None
         if config.bigram_dim > 0:
             bigrams = _word_level(
                 (b for words, _ in sentences for b in _bigrams([norm(t) for t in words])),
                 config.bigram_min_freq,
+                config.bigram_max_vocab,
             )
         tags = sorted({t for _, tags in sentences for t in tags} - {"O"})
         return cls(tokens, ["O", *tags], bigrams=bigrams, tokenize=tokenize, lowercase=config.lowercase)

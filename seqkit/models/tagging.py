@@ -13,13 +13,18 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from .. import registry
+from ..data.conll import read_conll
 from ..encoder import Encoder
+from ..errors import SeqkitError
 from ..features.text import PAD_ID, TextVocab, TokenEmbedder, split_text
+from ..heads.scheme import detect_scheme
 from ..heads.tagger import IGNORE
 from ..metrics.spans import span_scores, spans
 from ..recipe import Recipe
+from . import Prepared
 
-__all__ = ["TagBatch", "TaggingModel", "make_batches", "normalise_tags"]
+__all__ = ["TagBatch", "TaggingModel", "build_model", "evaluate_data", "make_batches", "normalise_tags", "prepare"]
 
 
 @dataclass
@@ -202,5 +207,91 @@ def _tokens_with_offsets(text: str, tokenize: str) -> tuple[list[str], list[tupl
     return toks, offs
 
 
-def save_vocab(vocab: TextVocab, run_dir: Path) -> None:
-    vocab.save(run_dir / "vocab")
+# -- the task interface used by seqkit.build ------------------------------------------------
+
+
+def _load_splits(recipe: Recipe) -> dict[str, Any]:
+    provider = registry.datasets.get(recipe.data.dataset, where=f"{recipe.source}: data.dataset")
+    base = Path(recipe.source).parent if recipe.source not in ("", "<defaults>") else Path.cwd()
+    return provider(recipe.data, base=base)
+
+
+def _scheme(recipe: Recipe, tags: Iterable[str]) -> str:
+    return recipe.head.scheme if recipe.head.scheme != "auto" else detect_scheme(tags)
+
+
+def _chunk(sentences, max_length: int):
+    """Split training sentences longer than ``max_length`` at span boundaries."""
+    out = []
+    for words, tags in sentences:
+        start = 0
+        while len(words) - start > max_length:
+            cut = start + max_length
+            while cut > start + 1 and tags[cut][:2] in ("I-", "E-"):
+                cut -= 1  # never cut inside an entity
+            out.append((words[start:cut], tags[start:cut]))
+            start = cut
+        out.append((words[start:], tags[start:]))
+    return out
+
+
+def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
+    """Data, vocabulary (built once, kept in ``run_dir/vocab``), model and batches of a recipe."""
+    splits = _load_splits(recipe)
+    train = splits["train"].sentences
+    if not train:
+        raise SeqkitError(f"{splits['train'].path}: no training sentences")
+    scheme = _scheme(recipe, (t for _, tags in train for t in tags))
+    fixed = [(w, normalise_tags(t, scheme)) for w, t in train]
+    repaired = sum(1 for (_, a), (_, b) in zip(train, fixed) if a != b)
+    if recipe.train.max_length > 0:
+        fixed = _chunk(fixed, recipe.train.max_length)
+    vocab_dir = run_dir / "vocab" if run_dir is not None else None
+    if vocab_dir is not None and (vocab_dir / "vocab.json").exists():
+        vocab = TextVocab.load(vocab_dir)
+    else:
+        vocab = TextVocab.build(fixed, recipe.features, recipe.data.tokenize)
+        if vocab_dir is not None:
+            vocab.save(vocab_dir)
+    log(
+        f"data: {len(fixed)} train / {len(splits['valid'].sentences)} valid / "
+        f"{len(splits['test'].sentences)} test sentences; scheme {scheme}; "
+        f"{vocab.tokens.get_vocab_size()} tokens"
+        + (f", {vocab.bigrams.get_vocab_size()} bigrams" if vocab.bigrams is not None else "")
+        + f"; {len(vocab.labels)} tags; {repaired} ill-formed tag sequences repaired; "
+        f"{splits['train'].skipped_empty} empty sentences skipped"
+    )
+    head_cls = registry.heads.get(recipe.head.name, where=f"{recipe.source}: head.name")
+    torch.manual_seed(recipe.train.seed)
+    model = TaggingModel(recipe, vocab, head_cls, scheme)
+    cfg = recipe.train
+    ids, big, tags = model.encode_corpus(fixed, f"{splits['train'].path}: ")
+    held = {}
+    for name in ("valid", "test"):
+        corpus = splits[name]
+        held[name] = (make_batches(*model.encode_corpus(corpus.sentences, f"{corpus.path}: "),
+                                   cfg.eval_batch_size) if corpus.sentences else None)
+    return Prepared(
+        model,
+        lambda epoch: make_batches(ids, big, tags, cfg.batch_size, seed=cfg.seed * 1000 + epoch),
+        held["valid"],
+        held["test"],
+    )
+
+
+def build_model(recipe: Recipe, run_dir: Path) -> TaggingModel:
+    """An untrained model shaped like the one in ``run_dir`` (vocabulary read from the run)."""
+    vocab = TextVocab.load(run_dir / "vocab")
+    head_cls = registry.heads.get(recipe.head.name, where=f"{run_dir / 'recipe.yaml'}: head.name")
+    return TaggingModel(recipe, vocab, head_cls, _scheme(recipe, vocab.labels))
+
+
+def evaluate_data(model: TaggingModel, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
+    """Span metrics on a CoNLL file, or on the recipe's test split; gold tags unseen in training count."""
+    corpus = read_conll(data) if data is not None else _load_splits(model.recipe)["test"]
+    if not corpus.sentences:
+        raise SeqkitError(f"{corpus.path}: no sentences to evaluate")
+    results = model.tag([words for words, _ in corpus.sentences], batch_size=batch_size)
+    gold = [tags for _, tags in corpus.sentences]
+    metrics = span_scores(gold, [r["tags"] for r in results], model.scheme)
+    return {**metrics, "sentences": len(corpus.sentences), "data": str(corpus.path)}

