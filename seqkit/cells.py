@@ -37,6 +37,20 @@ class Cell(nn.Module):
     ``forward(x, state)`` must equal ``forward_projected(project_input(x), state)``.
     The base class provides that ``forward`` for you when you define both.
 
+    Optional, for full speed (the engine then runs the whole recurrence of a direction as one
+    autograd node, computes the recurrent weight gradient of all steps in one matmul instead of
+    one per step, and on CPU runs a layer's two directions side by side in two threads): name
+    the parameters of the recurrent matmul in ``recurrent_weight`` (a (G, H) parameter) and
+    ``recurrent_bias`` (a (G,) parameter, or None), and define
+    ``gates(xp, hp, state) -> (h, new_state)``, where
+    ``hp = linear(state[0], recurrent_weight, recurrent_bias)`` is (N, G) and ``xp`` is
+    ``project_input(x)`` (or ``x`` itself for a cell without ``project_input``).  ``gates`` may
+    use the cell's other parameters (peephole weights, layer-norm gains) but must treat every
+    row on its own (no mixing across the batch) and must not depend on anything but its
+    arguments and parameters.  The base class then provides ``forward_projected`` (and
+    ``forward``) from ``gates``; a cell that defines them too must compute the same thing
+    (``seqkit.testing.check_cell`` verifies all of this).
+
     Example::
 
         class MinimalGRU(seqkit.Cell):
@@ -55,6 +69,10 @@ class Cell(nn.Module):
     #: The name of a fused torch kernel that computes exactly this cell ("lstm", "gru") with
     #: torch's weight layout; the encoder then uses it.  Third-party cells leave it as None.
     fused: ClassVar[Optional[str]] = None
+    #: Optional: the name of the (G, H) parameter that multiplies ``state[0]`` at every step.
+    recurrent_weight: ClassVar[Optional[str]] = None
+    #: Optional: the name of the (G,) bias parameter of that matmul (None: no bias).
+    recurrent_bias: ClassVar[Optional[str]] = None
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -70,6 +88,8 @@ class Cell(nn.Module):
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         if self.hoists_input():
             return self.forward_projected(self.project_input(x), state)
+        if self.declares_recurrence():
+            return self.gates(x, self.recurrent_projection(state), state)
         raise NotImplementedError(f"{type(self).__name__} must define forward(x, state)")
 
     def hoists_input(self) -> bool:
@@ -80,6 +100,29 @@ class Cell(nn.Module):
         raise NotImplementedError
 
     def forward_projected(self, xp: Tensor, state: State) -> tuple[Tensor, State]:
+        if self.declares_recurrence():
+            return self.gates(xp, self.recurrent_projection(state), state)
+        raise NotImplementedError
+
+    def declares_recurrence(self) -> bool:
+        """Whether this cell declares ``recurrent_weight`` and ``gates`` (see the class doc)."""
+        return self.recurrent_weight is not None and type(self).gates is not Cell.gates
+
+    def recurrent_parameters(self) -> tuple[Tensor, Optional[Tensor]]:
+        """The (G, H) weight and the (G,) bias (or None) named by ``recurrent_weight/_bias``."""
+        if self.recurrent_weight is None:
+            raise NotImplementedError(f"{type(self).__name__} declares no recurrent_weight")
+        weight = getattr(self, self.recurrent_weight)
+        bias = getattr(self, self.recurrent_bias) if self.recurrent_bias is not None else None
+        return weight, bias
+
+    def recurrent_projection(self, state: State) -> Tensor:
+        """``hp``: (N, G), the recurrent matmul of ``state[0]``, as the engine computes it."""
+        weight, bias = self.recurrent_parameters()
+        return nn.functional.linear(state[0], weight, bias)
+
+    def gates(self, xp: Tensor, hp: Tensor, state: State) -> tuple[Tensor, State]:
+        """Optional: one step given the input and recurrent projections (see the class doc)."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -89,11 +132,13 @@ class Cell(nn.Module):
 class _GatedCell(Cell):
     """Shared weights of the LSTM and GRU cells, in torch's layout and with torch's init."""
 
-    gates: ClassVar[int]
+    num_gates: ClassVar[int]
+    recurrent_weight = "weight_hh"
+    recurrent_bias = "bias_hh"
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__(input_size, hidden_size)
-        g = self.gates * hidden_size
+        g = self.num_gates * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(g, input_size))
         self.weight_hh = nn.Parameter(torch.empty(g, hidden_size))
         self.bias_ih = nn.Parameter(torch.empty(g))
@@ -120,7 +165,7 @@ class LSTMCell(_GatedCell):
     """
 
     fused = "lstm"
-    gates = 4
+    num_gates = 4
 
     def initial_state(self, batch_size, *, device=None, dtype=None):
         z = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
@@ -134,6 +179,14 @@ class LSTMCell(_GatedCell):
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c)
 
+    def gates(self, xp, hp, state):
+        h, c = state
+        pre = xp + hp  # (N, 4H): i, f, g, o
+        i, f, g, o = pre.chunk(4, dim=-1)
+        c = torch.addcmul(torch.sigmoid(f) * c, torch.sigmoid(i), torch.tanh(g))
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, (h, c)
+
 
 class GRUCell(_GatedCell):
     """Gated recurrent unit (Cho et al. 2014), torch's layout and equations.
@@ -142,7 +195,7 @@ class GRUCell(_GatedCell):
     """
 
     fused = "gru"
-    gates = 3
+    num_gates = 3
 
     def forward_projected(self, xp, state):
         (h,) = state
@@ -153,4 +206,14 @@ class GRUCell(_GatedCell):
         z = torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)
         h = (1 - z) * n + z * h
+        return h, (h,)
+
+    def gates(self, xp, hp, state):
+        (h,) = state
+        xr, xz, xn = xp.chunk(3, dim=-1)
+        hr, hz, hn = hp.chunk(3, dim=-1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(torch.addcmul(xn, r, hn))
+        h = torch.addcmul(n, z, h - n)  # (1 - z) * n + z * h
         return h, (h,)

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from . import registry
 from .cells import Cell, State
+from .engine import autocast_dtype, generic_layer
 from .errors import SeqkitError
 
 __all__ = ["Encoder"]
@@ -115,15 +116,15 @@ class Encoder(nn.Module):
     ) -> tuple[Tensor, State]:
         if x.dim() != 3 or x.size(-1) != self.input_size:
             raise SeqkitError(f"Encoder expects input (N, L, {self.input_size}), got {tuple(x.shape)}")
-        if not self.batch_first:
-            x = x.transpose(0, 1)
-        n, length, _ = x.shape
+        if self.batch_first:
+            x = x.transpose(0, 1)  # (L, N, I): the engines run time-major
+        length, n, _ = x.shape
         lens = self._check_lengths(lengths, n, length)
         order = sorted(range(n), key=lambda i: -lens[i])
         sorted_already = order == list(range(n))
         if not sorted_already:
             perm = torch.tensor(order, device=x.device)
-            x = x.index_select(0, perm)
+            x = x.index_select(1, perm)
             lens = [lens[i] for i in order]
             if state is not None:
                 state = tuple(s.index_select(1, perm) for s in state)
@@ -134,9 +135,9 @@ class Encoder(nn.Module):
         if not sorted_already:
             inverse = torch.empty_like(perm)
             inverse[perm] = torch.arange(n, device=perm.device)
-            out = out.index_select(0, inverse)
+            out = out.index_select(1, inverse)
             final = tuple(s.index_select(1, inverse) for s in final)
-        if not self.batch_first:
+        if self.batch_first:
             out = out.transpose(0, 1)
         return out, final
 
@@ -153,48 +154,41 @@ class Encoder(nn.Module):
 
     def _initial(self, key: str, index: int, state: Optional[State], x: Tensor) -> State:
         if state is None:
-            return self.cells[key].initial_state(x.size(0), device=x.device, dtype=x.dtype)
+            return self.cells[key].initial_state(x.size(1), device=x.device, dtype=x.dtype)
         return tuple(s[index] for s in state)
 
     def _fused_stack(self, x: Tensor, state: Optional[State]) -> tuple[Tensor, State]:
         """All sequences full length: torch's own multi-layer kernel is exact."""
-        kernel = next(iter(self.cells.values())).fused
+        first = next(iter(self.cells.values()))
         params = [w for c in self.cells.values() for w in c.fused_weights()]
         if state is None:
-            first = next(iter(self.cells.values()))
-            zero = first.initial_state(x.size(0), device=x.device, dtype=x.dtype)
+            zero = first.initial_state(x.size(1), device=x.device, dtype=x.dtype)
             state = tuple(
                 torch.stack([z] * (self.num_layers * self.num_directions)) for z in zero
             )
-        with warnings.catch_warnings():
-            # cuDNN copies non-contiguous weights; correct, and cheap next to the recurrence.
-            warnings.simplefilter("ignore", UserWarning)
-            args = (params, True, self.num_layers, self.dropout, self.training,
-                    self.bidirectional, True)
-            if kernel == "lstm":
-                out, h, c = torch.lstm(x, state, *args)
-                return out, (h, c)
-            out, h = torch.gru(x, state[0], *args)
-        return out, (h,)
+        args = (True, self.num_layers, self.dropout, self.training, self.bidirectional, False)
+        return _run_fused(first.fused, x, state, params, args)
 
     def _layers(self, x: Tensor, lens: list[int], state: Optional[State]) -> tuple[Tensor, State]:
         """Layer by layer, each direction over its own lengths (rows sorted by length)."""
-        reverse_index = _reverse_index(lens, x.size(1), x.device) if self.bidirectional else None
+        reverse_index = _reverse_index(lens, x.size(0), x.device) if self.bidirectional else None
         finals: list[State] = []
         index = 0
         for layer in range(self.num_layers):
-            outs = []
-            for suffix in self._suffixes():
-                key = f"l{layer}{suffix}"
-                cell = self.cells[key]
-                h0 = self._initial(key, index, state, x)
-                inp = _gather_time(x, reverse_index) if suffix else x
-                run = _fused_direction if self.fused else _generic_direction
-                out, final = run(cell, inp, lens, h0)
-                outs.append(_gather_time(out, reverse_index) if suffix else out)
-                finals.append(final)
-                index += 1
-            x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (N, L, D*H)
+            keys = [f"l{layer}{suffix}" for suffix in self._suffixes()]
+            cells = [self.cells[key] for key in keys]
+            h0s = [self._initial(key, index + d, state, x) for d, key in enumerate(keys)]
+            inps = [x, _gather_time(x, reverse_index)] if reverse_index is not None else [x]
+            if self.fused:
+                results = [_fused_direction(c, i, lens, h) for c, i, h in zip(cells, inps, h0s)]
+            else:
+                results = generic_layer(cells, inps, lens, h0s)
+            outs = [out for out, _ in results]
+            if reverse_index is not None:
+                outs[1] = _gather_time(outs[1], reverse_index)
+            finals += [final for _, final in results]
+            index += len(keys)
+            x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (L, N, D*H)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         stacked = tuple(torch.stack(parts) for parts in zip(*finals))  # (layers*D, N, H) each
@@ -202,82 +196,79 @@ class Encoder(nn.Module):
 
 
 def _reverse_index(lens: list[int], length: int, device: torch.device) -> Tensor:
-    """(N, L) time index that reverses each row within its own length, padding in place."""
-    t = torch.arange(length, device=device).unsqueeze(0)  # (1, L)
-    n = torch.tensor(lens, device=device).unsqueeze(1)  # (N, 1)
+    """(L, N) time index that reverses each column within its own length, padding in place."""
+    t = torch.arange(length, device=device).unsqueeze(1)  # (L, 1)
+    n = torch.tensor(lens, device=device).unsqueeze(0)  # (1, N)
     return torch.where(t < n, n - 1 - t, t)
 
 
 def _gather_time(x: Tensor, index: Tensor) -> Tensor:
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+    return x.gather(0, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
 
 
-def _segments(lens: list[int]) -> list[tuple[int, int, int]]:
-    """(start, stop, rows) spans of time over which the first ``rows`` sequences are active.
 
-    ``lens`` is sorted in descending order; one span per distinct length, so a batch
-    bucketed by length needs few of them.
+
+
+
+
+
+
+
+def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tensor],
+               args: tuple) -> tuple[Tensor, State]:
+    """``torch.lstm``/``torch.gru`` on time-major ``x``, in the autocast dtype if autocast is on.
+
+    CPU autocast would hand the fp32 weights to oneDNN and cast inside, which fails on CPUs
+    without bf16 support; casting the input, state and weights here runs the kernel in bf16
+    wherever torch has one (oneDNN with native bf16, cuDNN, or torch's own loop).
     """
-    spans, start = [], 0
-    for stop in sorted(set(lens)):
-        if stop > start:
-            rows = sum(1 for v in lens if v >= stop)
-            spans.append((start, stop, rows))
-            start = stop
-    return spans
+    dtype = autocast_dtype(x)
+    with warnings.catch_warnings(), torch.autocast(x.device.type, enabled=False):
+        # cuDNN copies non-contiguous weights; correct, and cheap next to the recurrence.
+        warnings.simplefilter("ignore", UserWarning)
+        if dtype is not None:
+            x = x.to(dtype)
+            state = tuple(s.to(dtype) for s in state)
+            params = [p.to(dtype) for p in params]
+        if kernel == "lstm":
+            out, h, c = torch.lstm(x, state, params, *args)
+            return out, (h, c)
+        out, h = torch.gru(x, state[0], params, *args)
+        return out, (h,)
 
 
-def _assemble(pieces: list[Tensor], n: int, length: int) -> Tensor:
-    """Pad (rows, span, H) pieces to N rows and join them along time into (N, L, H)."""
-    out = torch.cat([F.pad(p, (0, 0, 0, 0, 0, n - p.size(0))) for p in pieces], dim=1)
-    if out.size(1) < length:  # trailing padding that no sequence reaches
-        out = F.pad(out, (0, 0, 0, length - out.size(1)))
-    return out
-
-
-def _merge_state(new: State, old: State, rows: int) -> State:
-    if rows == old[0].size(0):
-        return tuple(new)
-    return tuple(torch.cat([a, b[rows:]]) for a, b in zip(new, old))
+# A padding flag as an extra input feature, with this weight into the input and forget gates
+# (LSTM: i -> 0, f -> 1) or the update gate (GRU: z -> 1), saturates those sigmoids exactly, so
+# padded steps leave the cell state bit for bit unchanged and pass no gradient to the weights.
+_FREEZE = 1e4
 
 
 def _fused_direction(cell: Cell, x: Tensor, lens: list[int], state: State) -> tuple[Tensor, State]:
-    """One direction over padded rows with the fused kernel, span by span of equal activity."""
-    pieces = []
-    for start, stop, rows in _segments(lens):
-        seg = x[:rows, start:stop]
-        h0 = tuple(s[:rows].unsqueeze(0) for s in state)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            if cell.fused == "lstm":
-                out, h, c = torch.lstm(seg, h0, cell.fused_weights(), True, 1, 0.0, cell.training, False, True)
-                new = (h[0], c[0])
-            else:
-                out, h = torch.gru(seg, h0[0], cell.fused_weights(), True, 1, 0.0, cell.training, False, True)
-                new = (h[0],)
-        state = _merge_state(new, state, rows)
-        pieces.append(out)
-    return _assemble_or_empty(pieces, x, cell), state
+    """One direction over the whole padded batch in one fused call, padded steps frozen.
 
-
-def _generic_direction(cell: Cell, x: Tensor, lens: list[int], state: State) -> tuple[Tensor, State]:
-    """One direction with a Python time loop over any Cell, hoisting its input projection."""
-    hoist = cell.hoists_input()
-    xs = cell.project_input(x) if hoist else x  # (N, L, P)
-    step = cell.forward_projected if hoist else cell.forward
-    pieces = []
-    for start, stop, rows in _segments(lens):
-        carried = tuple(s[:rows] for s in state)
-        outs = []
-        for xt in xs[:rows, start:stop].unbind(1):
-            h, carried = step(xt, carried)
-            outs.append(h)
-        state = _merge_state(carried, state, rows)
-        pieces.append(torch.stack(outs, dim=1))  # (rows, span, H)
-    return _assemble_or_empty(pieces, x, cell), state
-
-
-def _assemble_or_empty(pieces: list[Tensor], x: Tensor, cell: Cell) -> Tensor:
-    if not pieces:
-        return x.new_zeros(x.size(0), x.size(1), cell.hidden_size)
-    return _assemble(pieces, x.size(0), x.size(1))
+    The outputs at real positions never depend on later (padded) steps; the final state is
+    the frozen state (GRU: h; LSTM: c) or, for an LSTM's h, the output at the last real step.
+    """
+    length, n, _ = x.shape
+    h = cell.hidden_size
+    lengths = torch.tensor(lens, device=x.device)
+    pad = torch.arange(length, device=x.device).unsqueeze(1) >= lengths  # (L, N)
+    flagged = torch.cat([x, pad.unsqueeze(-1).to(x.dtype)], dim=-1)  # (L, N, I + 1)
+    w_ih, *rest = cell.fused_weights()
+    column = w_ih.new_zeros(w_ih.size(0), 1)
+    if cell.fused == "lstm":
+        column[:h] = -_FREEZE  # input gate closed
+        column[h: 2 * h] = _FREEZE  # forget gate open
+    else:
+        column[h: 2 * h] = _FREEZE  # update gate keeps h
+    weights = [torch.cat([w_ih, column], dim=1), *rest]
+    args = (True, 1, 0.0, cell.training, False, False)
+    h0 = tuple(s.unsqueeze(0) for s in state)
+    out, new = _run_fused(cell.fused, flagged, h0, weights, args)
+    out = out.masked_fill(pad.unsqueeze(-1), 0.0)
+    final = tuple(s[0] for s in new)
+    if cell.fused == "lstm":  # h at each sequence's own last step (its initial h if empty)
+        last = (lengths - 1).clamp(min=0)
+        h_last = out.gather(0, last.view(1, n, 1).expand(1, n, h))[0]
+        final = (torch.where((lengths > 0).unsqueeze(1), h_last, state[0].to(h_last.dtype)), final[1])
+    return out, final

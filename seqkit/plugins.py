@@ -7,8 +7,8 @@ registering the same name is an error naming both.
 from __future__ import annotations
 
 import importlib
-import inspect
 import importlib.metadata
+import inspect
 import os
 import sys
 import warnings

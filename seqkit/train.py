@@ -97,6 +97,9 @@ class Trainer:
         self.progress = progress
         self.meta = dict(meta or {})
         self.optimizer = build_optimizer(self.model, config)
+        if config.precision == "bf16" and self.device.type == "cpu" and not _cpu_has_native_bf16():
+            print("Note: train.precision is bf16 but this CPU has no native bf16 (AVX512-BF16 or AMX); "
+                  "bf16 matmuls run far slower than fp32 here.", file=sys.stderr)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.state = _State()
         self.stats: dict[str, float] = {}
@@ -424,6 +427,13 @@ class Trainer:
                       "items": self._items, "items_per_s": self._items / max(wall, 1e-9)}
         if self.device.type == "cuda":
             self.stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # an op this torch build lacks: assume not
+        return False
 
 
 def _truncate_lines(path: Path, keep: int) -> None:

@@ -1,0 +1,55 @@
+"""``seqkit bench encoder``: the encoder speed table (see ``seqkit.bench``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import cli
+
+
+@cli.group("bench")
+def bench_group() -> None:
+    """Measure speed on this machine (never asserted in tests; see bench/)."""
+
+
+@bench_group.command("encoder")
+@click.option("--batch", default=32, show_default=True, help="N, sequences per batch.")
+@click.option("--length", default=200, show_default=True, help="L, steps of the longest sequence.")
+@click.option("--input", "input_size", default=80, show_default=True, help="I, input features.")
+@click.option("--hidden", "hidden_size", default=256, show_default=True, help="H, hidden size per direction.")
+@click.option("--layers", "num_layers", default=3, show_default=True, help="Bidirectional layers.")
+@click.option("--repeats", default=5, show_default=True, help="Timed repeats per cell (median).")
+@click.option("--warmup", default=1, show_default=True, help="Untimed runs first.")
+@click.option("--threads", default=2, show_default=True, help="torch intra-op threads (0: torch's default).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]),
+              help="Repeat to pick several (default: both).")
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["fwd", "fwd+bwd"]),
+              help="Repeat to pick several (default: both).")
+@click.option("--only", multiple=True, help="Keep rows whose name contains this (raw nn.LSTM always stays).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the results as JSON here.")
+def encoder_cmd(json_out: Path | None, precisions, modes, only, **options) -> None:
+    """Raw nn.LSTM vs seqkit lstm/gru, the generic engine and every installed plugin cell.
+
+    Forward and forward+backward, fp32 and bf16; ms per batch, frames/s, ratio to raw fp32
+    nn.LSTM, GFLOP/s against a measured matmul ceiling.
+    """
+    from ..bench import BenchConfig, BenchSkipped, format_table, run_encoder_bench
+
+    config = BenchConfig(**options, precisions=tuple(precisions) or ("fp32", "bf16"),
+                         modes=tuple(modes) or ("fwd", "fwd+bwd"), only=tuple(only))
+    try:
+        result = run_encoder_bench(config, progress=lambda line: click.echo(line, err=True))
+    except BenchSkipped as exc:
+        click.echo(f"skipped: {exc}", err=True)
+        return
+    click.echo(format_table(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(dataclasses.asdict(result), indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {json_out}", file=sys.stderr)
