@@ -66,16 +66,21 @@ def tag_cmd(run: Path, texts: tuple[str, ...], input_file, as_json: bool, batch_
 @cli.command("evaluate")
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
-              help="A CoNLL file to evaluate on (default: the run's test split).")
+              help="A CoNLL file (tagging) or JSONL audio manifest (transcription) to evaluate on "
+                   "(default: the run's test split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch-size", default=128, show_default=True)
 def evaluate_cmd(run: Path, data: Path | None, as_json: bool, batch_size: int) -> None:
-    """Span precision/recall/F1 per entity type of the model in RUN."""
+    """Scores of the model in RUN: span precision/recall/F1 per entity type (tagging) or
+    CER/WER in percent (transcription)."""
     from ..build import evaluate_run
 
     metrics = evaluate_run(run, data, batch_size=batch_size)
     if as_json:
         click.echo(json.dumps(metrics, indent=1, ensure_ascii=False))
+        return
+    if "cer" in metrics and "per_type" not in metrics:
+        _print_error_rates(metrics)
         return
     click.echo(f"{'type':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}")
     for kind, row in sorted(metrics["per_type"].items()):
@@ -83,3 +88,14 @@ def evaluate_cmd(run: Path, data: Path | None, as_json: bool, batch_size: int) -
     click.echo(f"{'micro':<10}{metrics['precision']:>10.2f}{metrics['recall']:>10.2f}{metrics['f1']:>10.2f}"
                f"{metrics['gold_spans']:>9}")
     print(f"{metrics['sentences']} sentences from {metrics['data']}", file=sys.stderr)
+
+
+def _print_error_rates(metrics: dict) -> None:
+    beam = metrics.get("beam_size")
+    click.echo(f"{'':<6}{'greedy':>10}" + (f"{f'beam {beam}':>10}" if beam else ""))
+    for key in ("cer", "wer"):
+        click.echo(f"{key:<6}{metrics[key]:>10.2f}" + (f"{metrics[key + '_beam']:>10.2f}" if beam else ""))
+    print(f"{metrics['utterances']} utterances ({metrics['audio_s']} s of audio) from {metrics['data']}",
+          file=sys.stderr)
+    for error in metrics.get("unreadable", []):
+        print(f"left out: {error}", file=sys.stderr)

@@ -1,0 +1,396 @@
+"""Speech dataset providers: ``synth-speech`` (real text read by espeak-ng and flite),
+``manifest`` (your own recordings) and ``librivox-sample`` (five real read sentences).
+
+A provider is called as ``provider(data, base=folder)`` and returns a dict of
+:class:`SpeechCorpus` splits: ``train``, ``valid``, ``test``, and any extra splits to report
+beside the test metrics (``flite``, ``librivox``).  ``provider.check(data)`` verifies the
+system programs it needs before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import soundfile
+from tqdm import tqdm
+
+from ..errors import DataError, RecipeError
+from ..features.audio import read_audio
+from ..recipe import DataConfig, SynthConfig
+
+__all__ = ["LIBRIVOX", "SpeechCorpus", "Utterance", "librivox_corpus", "librivox_provider",
+           "manifest_provider", "normalize_transcript", "read_manifest", "synth_provider",
+           "write_manifest"]
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+RATE = 16000  # the rendered audio is stored as 16 kHz FLAC
+_FORMAT = 1  # bump when rendering changes, so that caches are rebuilt
+# espeak-ng's English voices (accents) and voice variants, split so that the validation and
+# test voices and variants never occur in training.
+_VOICES = {"train": ("en", "en-us", "en-gb-x-rp", "en-gb-x-gbclan", "en-029"),
+           "valid": ("en-gb-x-gbcwmd",), "test": ("en-gb-scotland", "en-us-nyc")}
+_HELD_VARIANTS = {"valid": ("f4", "m5", "klatt5", "Gene", "aunty", "travis"),
+                  "test": ("f3", "m2", "m6", "klatt4", "Annie", "belinda", "edward", "grandpa",
+                           "iven3", "linda", "michel", "steph3")}
+_ALL_VARIANTS = (
+    "Alex Alicia Andrea Andy Annie AnxiousAndy Demonic Denis Diogo Gene Gene2 Henrique Hugo Jacky "
+    "Lee Marco Mario Michael Mike Nguyen RicishayMax RicishayMax2 RicishayMax3 Storm Tweaky UniRobot "
+    "adam anika anikaRobot announcer antonio aunty belinda benjamin boris caleb croak david ed edward "
+    "edward2 f1 f2 f3 f4 f5 fast grandma grandpa gustave iven iven2 iven3 iven4 john kaukovalta klatt "
+    "klatt2 klatt3 klatt4 klatt5 klatt6 linda m1 m2 m3 m4 m5 m6 m7 m8 marcelo max michel miguel "
+    "norbert pablo paul pedro quincy rob robert robosoft robosoft2 robosoft3 robosoft4 robosoft5 "
+    "robosoft6 robosoft7 robosoft8 sandro shelby steph steph2 steph3 travis victor whisper whisperf zac"
+).split()
+_TRAIN_VARIANTS = ("",) + tuple(v for v in _ALL_VARIANTS
+                                if v not in _HELD_VARIANTS["valid"] + _HELD_VARIANTS["test"])
+_FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+_SPEED, _PITCH, _GAP = (130, 200), (20, 80), (0, 0, 1, 2)  # words/min, 0-99, 10 ms units
+_PROGRAMS = {"espeak-ng": "espeak-ng", "flite": "flite", "bible": "bible-kjv"}
+_SPLITS = ("test", "valid", "flite", "train")  # sentences are dealt out in this order
+
+
+@dataclass
+class Utterance:
+    audio: Path
+    text: str  # normalised transcript
+    info: dict[str, Any] = field(default_factory=dict)  # voice, speed, source, ...
+
+
+@dataclass
+class SpeechCorpus:
+    utterances: list[Utterance]
+    path: str  # where it came from, for messages
+
+
+def normalize_transcript(text: str) -> str:
+    """Lowercase words, apostrophes kept inside words, other punctuation dropped, dashes and
+    underscores read as spaces: how references and hypotheses are compared."""
+    text = unicodedata.normalize("NFKC", text).lower().replace("\u2019", "'")
+    text = re.sub(r"[-_\u2010-\u2015/]", " ", text)
+    text = "".join(c for c in text if c.isalnum() or c.isspace() or c == "'")
+    words = [w.strip("'") for w in text.split()]
+    return " ".join(w for w in words if w)
+
+
+# -- manifests ------------------------------------------------------------------------------
+
+
+def read_manifest(path: Path) -> SpeechCorpus:
+    """JSON lines ``{"audio": path, "text": transcript}``; audio paths relative to the manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    utts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("audio"), str) or not isinstance(row.get("text"), str):
+            raise DataError(f'{path}:{number}: expected {{"audio": "path", "text": "transcript"}}')
+        audio = Path(row["audio"]).expanduser()
+        audio = audio if audio.is_absolute() else path.parent / audio
+        info = {k: v for k, v in row.items() if k not in ("audio", "text")}
+        utts.append(Utterance(audio, normalize_transcript(row["text"]), info))
+    return SpeechCorpus(utts, str(path))
+
+
+def write_manifest(path: Path, utterances: list[Utterance]) -> None:
+    """Write a manifest atomically, audio paths relative to its folder where possible."""
+    lines = []
+    for u in utterances:
+        audio = os.path.relpath(os.path.abspath(u.audio), os.path.abspath(path.parent))
+        lines.append(json.dumps({"audio": audio, "text": u.text, **u.info}, ensure_ascii=False))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _limit(corpus: SpeechCorpus, limit: int) -> SpeechCorpus:
+    return SpeechCorpus(corpus.utterances[:limit], corpus.path) if limit else corpus
+
+
+def manifest_provider(data: DataConfig, *, base: Path) -> dict[str, SpeechCorpus]:
+    """Your own recordings: JSONL manifests named by ``data.train``, ``data.valid``, ``data.test``."""
+    if data.train is None:
+        raise RecipeError("data.train: the manifest dataset needs a training manifest (data.train: path)")
+    out = {}
+    for key in ("train", "valid", "test"):
+        value = getattr(data, key)
+        if value is None:
+            out[key] = SpeechCorpus([], "<none>")
+            continue
+        path = Path(value).expanduser()
+        out[key] = _limit(read_manifest(path if path.is_absolute() else base / path), data.limit)
+    return out
+
+
+manifest_provider.task = "transcription"  # type: ignore[attr-defined]
+
+
+# -- LibriVox ---------------------------------------------------------------------------------
+
+
+def librivox_corpus(folder: Path = LIBRIVOX) -> SpeechCorpus:
+    """The five LibriVox sentences of pocketsphinx-testdata (Sense and Sensibility, 16 kHz)."""
+    listing = folder / "transcription"
+    if not listing.is_file():
+        raise DataError(f"{folder}: the LibriVox sample is missing; install it with "
+                        "`sudo apt-get install pocketsphinx-testdata`")
+    utts = []
+    for line in listing.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\s*(?:<s>)?(.*?)(?:</s>)?\s*\(([^)]+)\)\s*$", line)
+        if match:
+            utts.append(Utterance(folder / f"{match.group(2)}.wav", normalize_transcript(match.group(1)),
+                                  {"source": "librivox"}))
+    return SpeechCorpus(utts, str(listing))
+
+
+def librivox_provider(data: DataConfig, *, base: Path) -> dict[str, SpeechCorpus]:
+    """Only a test split: evaluate a trained model on real read speech."""
+    empty = SpeechCorpus([], "<none>")
+    return {"train": empty, "valid": empty, "test": librivox_corpus()}
+
+
+def _check_librivox(data: DataConfig) -> None:
+    if not (LIBRIVOX / "transcription").is_file():
+        raise DataError("librivox-sample needs pocketsphinx-testdata; install it with "
+                        "`sudo apt-get install pocketsphinx-testdata`")
+
+
+librivox_provider.task = "transcription"  # type: ignore[attr-defined]
+librivox_provider.check = _check_librivox  # type: ignore[attr-defined]
+
+
+# -- text -------------------------------------------------------------------------------------
+
+
+def _kjv() -> list[tuple[str, str]]:
+    """(reference, verse) for every KJV verse, from the `bible` program."""
+    try:
+        out = subprocess.run(["bible", "-l0", "gen1:1-rev22:21"], capture_output=True, text=True,
+                             check=True, timeout=120).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise DataError(f"could not read the KJV with `bible` ({exc}); install it with "
+                        "`sudo apt-get install bible-kjv bible-kjv-text`") from None
+    verses, chapter = [], ""
+    for line in out.splitlines():
+        match = re.match(r"\s+(\d+)\s+(.*\S)", line)
+        if match:
+            verses.append((f"{chapter}:{match.group(1)}", match.group(2)))
+        elif line.strip():
+            chapter = line.strip()
+    if len(verses) < 1000:
+        raise DataError("the `bible` program printed no verses; reinstall bible-kjv-text")
+    return verses
+
+
+def _fortunes(folder: Path = Path("/usr/share/games/fortunes")) -> list[tuple[str, str]]:
+    skip = {"art", "ascii-art", "translate-me"}
+    files = sorted(p for p in folder.glob("*") if p.with_suffix(".dat").exists() and p.suffix == ""
+                   and p.name not in skip)
+    if not files:
+        raise DataError(f"{folder}: no fortunes; install them with `sudo apt-get install fortunes-min`")
+    out = []
+    for path in files:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        for i, entry in enumerate(text.split("\n%\n")):
+            out.append((f"{path.name}#{i}", " ".join(entry.split())))
+    return out
+
+
+def chunks(text: str, min_words: int, max_words: int) -> list[str]:
+    """Cut a text at sentence and clause punctuation into pieces of min_words..max_words words."""
+    pieces: list[str] = []
+    for clause in re.split(r"(?<=[.;:?!])\s+", text):
+        words: list[str] = []
+        for part in re.split(r"(?<=,)\s+", clause):
+            part_words = part.split()
+            if words and len(words) + len(part_words) > max_words:
+                pieces.append(" ".join(words))
+                words = []
+            words += part_words
+            while len(words) > max_words:
+                pieces.append(" ".join(words[:max_words]))
+                words = words[max_words:]
+        if words:
+            pieces.append(" ".join(words))
+    keep = []
+    for piece in pieces:
+        if re.search(r"\d", piece) or not re.search(r"[A-Za-z]", piece):
+            continue  # numbers are read in ways the transcript cannot know
+        norm = normalize_transcript(piece)
+        if min_words <= len(norm.split()) <= max_words and re.fullmatch(r"[a-z' ]+", norm):
+            keep.append(piece.strip(" \"'()-"))
+    return keep
+
+
+def _sentences(cfg: SynthConfig) -> list[tuple[str, str]]:
+    """(source, text) of every usable chunk, each text once, in a shuffled order fixed by the seed."""
+    seen, out = set(), []
+    for source, text in (_kjv() if cfg.text == "kjv" else _fortunes()):
+        for piece in chunks(text, cfg.min_words, cfg.max_words):
+            norm = normalize_transcript(piece)
+            if norm not in seen:
+                seen.add(norm)
+                out.append((source, piece))
+    random.Random(f"sentences-{cfg.seed}").shuffle(out)
+    return out
+
+
+# -- synthesis --------------------------------------------------------------------------------
+
+
+def _counts(data: DataConfig) -> dict[str, int]:
+    cfg = data.synth
+    counts = {"test": cfg.test, "valid": cfg.valid, "flite": cfg.flite, "train": cfg.train}
+    return {k: (min(v, data.limit) if data.limit else v) for k, v in counts.items()}
+
+
+def _cache_root(data: DataConfig) -> Path:
+    """``data.cache_dir`` (relative to the current folder, like --out), else $SEQKIT_CACHE_DIR,
+    else ~/.cache/seqkit."""
+    if data.cache_dir:
+        return Path(data.cache_dir).expanduser().resolve()
+    root = os.environ.get("SEQKIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "seqkit"
+    return Path(root).expanduser().resolve()
+
+
+def _split_dirs(data: DataConfig) -> dict[str, Path]:
+    """One cache folder per split, named by a hash of everything that decides its audio."""
+    cfg, counts = data.synth, _counts(data)
+    dirs = {}
+    for i, split in enumerate(_SPLITS):
+        if counts[split] <= 0:
+            continue
+        key = {"format": _FORMAT, "split": split, "text": cfg.text, "words": [cfg.min_words, cfg.max_words],
+               "seed": cfg.seed, "counts": [counts[s] for s in _SPLITS[: i + 1]]}
+        digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+        dirs[split] = _cache_root(data) / "synth-speech" / f"{split}-{digest}"
+    return dirs
+
+
+def check_synth(data: DataConfig) -> None:
+    """One clear error if a program that synth-speech needs is missing (the cache counts)."""
+    todo = [s for s, d in _split_dirs(data).items() if not (d / "manifest.jsonl").exists()]
+    needed = (["espeak-ng"] if set(todo) - {"flite"} else []) + (["flite"] if "flite" in todo else [])
+    needed += ["bible"] if todo and data.synth.text == "kjv" else []
+    for program in needed:
+        if shutil.which(program) is None:
+            raise DataError(f"synth-speech needs the program `{program}`, which is not installed; install it "
+                            f"with `sudo apt-get install {_PROGRAMS[program]}`")
+    if data.synth.text == "fortunes" and todo and not Path("/usr/share/games/fortunes/fortunes").exists():
+        raise DataError("synth-speech with text: fortunes needs fortunes; install them with "
+                        "`sudo apt-get install fortunes-min`")
+    if data.synth.librivox:
+        try:
+            _check_librivox(data)
+        except DataError as exc:
+            raise DataError(f"{exc}, or set data.synth.librivox: false") from None
+
+
+def _plan(split: str, sentences: list[tuple[str, str]], count: int, seed: int) -> list[dict[str, Any]]:
+    """Who says what: voice, variant, speed and pitch of each utterance, fixed by the seed."""
+    rng = random.Random(f"{split}-{seed}")
+    plan = []
+    for i in range(count):
+        source, text = sentences[i % len(sentences)]
+        if split == "flite":
+            row = {"engine": "flite", "voice": rng.choice(_FLITE_VOICES), "stretch": round(rng.uniform(0.85, 1.2), 2)}
+        else:
+            variants = _HELD_VARIANTS.get(split, _TRAIN_VARIANTS)
+            row = {"engine": "espeak-ng", "voice": rng.choice(_VOICES[split]), "variant": rng.choice(variants),
+                   "speed": rng.randint(*_SPEED), "pitch": rng.randint(*_PITCH), "gap": rng.choice(_GAP)}
+        plan.append({**row, "source": source, "said": text})
+    return plan
+
+
+def _render(row: dict[str, Any], out: Path) -> None:
+    """Synthesize one utterance to a 16 kHz FLAC file (written atomically)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "out.wav"
+        if row["engine"] == "flite":
+            cmd = ["flite", "-voice", row["voice"], "--setf", f"duration_stretch={row['stretch']}",
+                   "-t", row["said"], "-o", str(wav)]
+            stdin = None
+        else:
+            voice = row["voice"] + (f"+{row['variant']}" if row["variant"] else "")
+            # -w writes a proper WAV header (--stdout's frame count is bogus)
+            cmd = ["espeak-ng", "-v", voice, "-s", str(row["speed"]), "-p", str(row["pitch"]),
+                   "-g", str(row["gap"]), "-w", str(wav), "--stdin"]
+            stdin = row["said"]
+        try:
+            done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise DataError(f"{cmd[0]} failed on {row['said']!r}: {exc}") from None
+        if done.returncode != 0 or not wav.exists():
+            raise DataError(f"{' '.join(cmd[:-1])} failed on {row['said']!r}: {done.stderr.strip()[:200]}")
+        wave = read_audio(wav, RATE)
+    part = out.with_name(out.name + ".part")
+    soundfile.write(str(part), wave.numpy(), RATE, format="FLAC", subtype="PCM_16")
+    os.replace(part, out)
+
+
+def _build_split(split: str, folder: Path, plan: list[dict[str, Any]], jobs: int) -> SpeechCorpus:
+    folder.mkdir(parents=True, exist_ok=True)
+    audio = [folder / f"{i:06d}.flac" for i in range(len(plan))]
+    todo = [(row, path) for row, path in zip(plan, audio, strict=True) if not path.exists()]  # resumes a partial build
+    with ThreadPoolExecutor(max_workers=jobs) as pool, \
+            tqdm(total=len(todo), desc=f"synth-speech {split}", unit="utt", disable=None) as bar:
+        for _ in pool.map(lambda job: _render(*job), todo):
+            bar.update(1)
+    utts = [Utterance(path, normalize_transcript(row["said"]), {k: v for k, v in row.items()})
+            for row, path in zip(plan, audio, strict=True)]
+    write_manifest(folder / "manifest.jsonl", utts)  # written last: the split is complete
+    return SpeechCorpus(utts, str(folder / "manifest.jsonl"))
+
+
+def synth_provider(data: DataConfig, *, base: Path) -> dict[str, SpeechCorpus]:
+    """Real text (KJV verses or fortunes) read aloud by espeak-ng voices x variants x speeds x
+    pitches, cached as 16 kHz FLAC with a manifest per split; see :class:`SynthConfig`."""
+    cfg, counts = data.synth, _counts(data)
+    if cfg.min_words < 1 or cfg.max_words < cfg.min_words:
+        raise RecipeError(f"data.synth: need 1 <= min_words <= max_words, got {cfg.min_words}..{cfg.max_words}")
+    dirs = _split_dirs(data)
+    out: dict[str, SpeechCorpus] = {}
+    sentences: Optional[list[tuple[str, str]]] = None
+    start = 0
+    for split in _SPLITS:
+        if counts[split] <= 0:
+            if split != "flite":
+                out[split] = SpeechCorpus([], "<none>")
+            continue
+        manifest = dirs[split] / "manifest.jsonl"
+        if manifest.exists():
+            out[split] = read_manifest(manifest)
+        else:
+            if sentences is None:
+                sentences = _sentences(cfg)
+            pool = sentences[start:] if split == "train" else sentences[start:start + counts[split]]
+            if not pool or (split != "train" and len(pool) < counts[split]):
+                raise RecipeError(f"data.synth.{split}: only {len(sentences)} distinct sentences; ask for fewer "
+                                  "utterances or allow more words per chunk")
+            jobs = cfg.jobs or os.cpu_count() or 1
+            out[split] = _build_split(split, dirs[split], _plan(split, pool, counts[split], cfg.seed), jobs)
+        start += counts[split]
+    if cfg.librivox:
+        out["librivox"] = librivox_corpus()
+    return out
+
+
+synth_provider.task = "transcription"  # type: ignore[attr-defined]
+synth_provider.check = check_synth  # type: ignore[attr-defined]

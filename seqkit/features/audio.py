@@ -1,0 +1,190 @@
+"""Audio features: reading sound files, log-mel filterbanks, normalisation and SpecAugment.
+
+Shape legend: N batch, L frames (10 ms each), F mel bins, T samples.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+from ..errors import DataError
+from ..recipe import FeaturesConfig
+
+__all__ = ["AudioInput", "Fbank", "Normalizer", "SpecAugment", "as_waveform", "read_audio"]
+
+AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]
+HOP_MS, WINDOW_MS = 10, 25
+_LOG_FLOOR = 1e-6  # keeps log() finite in digital silence
+
+
+def read_audio(path: Union[str, os.PathLike], sample_rate: int = 16000) -> Tensor:
+    """Read a WAV/FLAC/OGG file (anything libsndfile reads) as mono float32 at ``sample_rate``.
+
+    Channels are averaged and other rates resampled with torchaudio.  A missing, unreadable,
+    empty or zero-length file raises :class:`~seqkit.errors.DataError` naming the file.
+    Returns a (T,) tensor.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: audio file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.SoundFileError, RuntimeError, OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        reason = reason.replace(f"Error opening {str(path)!r}: ", "")
+        raise DataError(f"{path}: cannot read audio ({reason})") from None
+    return as_waveform(data, rate, sample_rate, where=str(path))
+
+
+def as_waveform(audio: Union[np.ndarray, Tensor], rate: int, sample_rate: int = 16000, *,
+                where: str = "audio") -> Tensor:
+    """A (T,) or (T, channels) array at ``rate`` as a mono (T,) float32 tensor at ``sample_rate``."""
+    wave = torch.as_tensor(audio)
+    if wave.dim() == 2:
+        wave = wave.float().mean(dim=1)  # (T, channels) -> (T,)
+    if wave.dim() != 1:
+        raise DataError(f"{where}: expected samples as (T,) or (T, channels), got shape {tuple(wave.shape)}")
+    if not wave.is_floating_point():  # integer PCM: scale to [-1, 1]
+        wave = wave.float() / float(-torch.iinfo(torch.as_tensor(audio).dtype).min)
+    wave = wave.float()
+    if wave.numel() == 0:
+        raise DataError(f"{where}: empty audio (no samples)")
+    if not bool(torch.isfinite(wave).all()):
+        raise DataError(f"{where}: audio contains NaN or infinite samples")
+    if rate <= 0:
+        raise DataError(f"{where}: invalid sample rate {rate}")
+    if rate != sample_rate:
+        wave = torchaudio.functional.resample(wave, int(rate), int(sample_rate))
+    return wave.contiguous()
+
+
+class Fbank(nn.Module):
+    """Log-mel filterbank energies: 25 ms windows every 10 ms.
+
+    Inputs: a (T,) waveform at ``sample_rate``.  Outputs: (L, F) with ``L = T // hop + 1``.
+    """
+
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 80) -> None:
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.n_mels = n_mels
+        self.hop_length = sample_rate * HOP_MS // 1000
+        win = sample_rate * WINDOW_MS // 1000
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate, n_fft=win, win_length=win, hop_length=self.hop_length, n_mels=n_mels,
+            pad_mode="constant")  # reflection needs more samples than half a window
+        # the window and filter bank follow from the settings: keep them out of checkpoints
+        for module in self.mel.modules():
+            for name, buf in list(module.named_buffers(recurse=False)):
+                delattr(module, name)
+                module.register_buffer(name, buf, persistent=False)
+
+    def num_frames(self, num_samples: int) -> int:
+        return num_samples // self.hop_length + 1
+
+    def forward(self, wave: Tensor) -> Tensor:
+        return (self.mel(wave.float()) + _LOG_FLOOR).log().transpose(0, 1)  # (L, F)
+
+
+def _frame_mask(lengths: Tensor, length: int) -> Tensor:
+    """(N, L) True at real frames."""
+    return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class Normalizer(nn.Module):
+    """Mean/variance normalisation per mel bin: per utterance, with global training
+    statistics (kept as buffers, so they travel with the checkpoint), or none.  Padded frames
+    come out as exact zeros.
+
+    Inputs: ``x`` (N, L, F), ``lengths`` (N,).  Outputs: (N, L, F).
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, n_mels: int, mode: str = "utterance") -> None:
+        super().__init__()
+        self.mode = mode
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+
+    @torch.no_grad()
+    def fit(self, features: list[Tensor]) -> None:
+        """Set the global statistics from a list of (L, F) feature tensors."""
+        total, first = 0, torch.zeros_like(self.mean, dtype=torch.float64)
+        second = torch.zeros_like(first)
+        for f in features:
+            total += f.size(0)
+            first += f.double().sum(0)
+            second += f.double().square().sum(0)
+        mean = first / max(total, 1)
+        var = (second / max(total, 1) - mean.square()).clamp(min=0)
+        self.mean.copy_(mean.float())
+        self.std.copy_(var.sqrt().clamp(min=1e-5).float())
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        mask = _frame_mask(lengths.to(x.device), x.size(1)).unsqueeze(-1)  # (N, L, 1)
+        if self.mode == "global":
+            x = (x - self.mean) / self.std
+        elif self.mode == "utterance":
+            count = mask.sum(1, keepdim=True).clamp(min=1)  # (N, 1, 1)
+            mean = (x * mask).sum(1, keepdim=True) / count
+            var = (((x - mean) * mask) ** 2).sum(1, keepdim=True) / count
+            x = (x - mean) / (var.sqrt() + 1e-5)
+        return x * mask
+
+
+class SpecAugment(nn.Module):
+    """SpecAugment masking (Park et al., 2019) in training mode only; the identity in eval.
+
+    Frequency masks come from torchaudio (independent per utterance); time masks are drawn
+    inside each utterance's own length so that short utterances in a padded batch get their
+    share.  Masked values are 0, the mean after normalisation.
+
+    Inputs: ``x`` (N, L, F), ``lengths`` (N,).  Outputs: (N, L, F).
+    """
+
+    def __init__(self, freq_masks: int = 2, freq_mask_width: int = 15, time_masks: int = 2,
+                 time_mask_width: int = 40, time_mask_fraction: float = 0.15) -> None:
+        super().__init__()
+        self.freq_masks, self.freq_mask_width = freq_masks, freq_mask_width
+        self.time_masks, self.time_mask_width = time_masks, time_mask_width
+        self.time_mask_fraction = time_mask_fraction
+
+    @classmethod
+    def from_config(cls, cfg: FeaturesConfig) -> "SpecAugment":
+        return cls(cfg.freq_masks, cfg.freq_mask_width, cfg.time_masks, cfg.time_mask_width,
+                   cfg.time_mask_fraction)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        if self.freq_mask_width > 0:
+            spec = x.transpose(1, 2)  # (N, F, L): torchaudio masks the last two axes
+            for _ in range(self.freq_masks):
+                spec = torchaudio.functional.mask_along_axis_iid(spec, self.freq_mask_width, 0.0, axis=1)
+            x = spec.transpose(1, 2)
+        if self.time_masks > 0 and self.time_mask_width > 0:
+            lens = lengths.to(x.device).float()
+            widest = torch.minimum(torch.full_like(lens, float(self.time_mask_width)),
+                                   (lens * self.time_mask_fraction).floor())  # (N,)
+            frames = torch.arange(x.size(1), device=x.device)[None, :]  # (1, L)
+            keep = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)  # (N, L)
+            for _ in range(self.time_masks):
+                width = (torch.rand_like(lens) * (widest + 1)).floor()
+                start = (torch.rand_like(lens) * (lens - width + 1)).floor()
+                keep &= ~((frames >= start[:, None]) & (frames < (start + width)[:, None]))
+            x = x * keep.unsqueeze(-1)
+        return x

@@ -1,0 +1,375 @@
+"""The transcription model: log-mel features -> conv front-end -> shared encoder -> CTC head,
+plus its data plumbing and ``transcribe`` for applications.
+
+Shape legend: N batch, L frames, F mel bins, E front-end features, C output units, S target length.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union, overload
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .. import registry
+from ..data.speech import SpeechCorpus, read_manifest
+from ..encoder import Encoder
+from ..errors import DataError, RecipeError, SeqkitError
+from ..features.audio import AudioInput, Fbank, Normalizer, SpecAugment, as_waveform, read_audio
+from ..features.frontend import ConvSubsampler
+from ..heads.ctc import CTCVocab, error_rates
+from ..recipe import Recipe
+from . import Prepared
+
+__all__ = ["SpeechBatch", "SpeechModel", "build_model", "evaluate_data", "load_splits", "prepare"]
+
+
+@dataclass
+class SpeechBatch:
+    feats: Tensor  # (N, L, F) log-mel, zero padded
+    lengths: Tensor  # (N,) frames, on the CPU
+    targets: Optional[Tensor]  # (N, S) unit ids, 0-padded
+    target_lengths: Optional[Tensor]  # (N,)
+    texts: list[str]  # reference transcripts ("" when unknown)
+    index: list[int]  # position of each row in the caller's list
+
+    def to(self, device: torch.device) -> "SpeechBatch":
+        targets = None if self.targets is None else self.targets.to(device, non_blocking=True)
+        return SpeechBatch(self.feats.to(device, non_blocking=True), self.lengths, targets, self.target_lengths,
+                           self.texts, self.index)
+
+    @property
+    def num_items(self) -> int:
+        return int(self.lengths.sum())  # frames of 10 ms
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def collate(feats: Sequence[Tensor], targets: Optional[Sequence[list[int]]], texts: Sequence[str],
+            index: list[int]) -> SpeechBatch:
+    lengths = torch.tensor([f.size(0) for f in feats], dtype=torch.long)
+    x = torch.zeros(len(feats), int(lengths.max()), feats[0].size(1))  # (N, L, F)
+    for i, f in enumerate(feats):
+        x[i, : f.size(0)] = f
+    tgt = tlen = None
+    if targets is not None:
+        tlen = torch.tensor([len(t) for t in targets], dtype=torch.long)
+        tgt = torch.zeros(len(targets), max(int(tlen.max()), 1), dtype=torch.long)  # (N, S)
+        for i, t in enumerate(targets):
+            tgt[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    return SpeechBatch(x, lengths, tgt, tlen, list(texts), index)
+
+
+class Batches(Sequence[SpeechBatch]):
+    """Batches collated on access, so an epoch never holds a padded copy of the whole corpus."""
+
+    def __init__(self, groups: list[list[int]], feats: Sequence[Tensor],
+                 targets: Optional[Sequence[list[int]]], texts: Sequence[str]) -> None:
+        self.groups, self.feats, self.targets, self.texts = groups, feats, targets, texts
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, k):  # type: ignore[override]
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        g = self.groups[k]
+        return collate([self.feats[i] for i in g], None if self.targets is None else [self.targets[i] for i in g],
+                       [self.texts[i] for i in g], g)
+
+
+def make_batches(feats: Sequence[Tensor], targets: Optional[Sequence[list[int]]], texts: Sequence[str],
+                 batch_size: int, *, seed: Optional[int] = None) -> Batches:
+    """Batches of similar duration; shuffled deterministically when ``seed`` is set."""
+    order = list(range(len(feats)))
+    if seed is None:
+        order.sort(key=lambda i: feats[i].size(0))
+        groups = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    else:
+        rng = random.Random(seed)
+        rng.shuffle(order)
+        pool = batch_size * 50  # sort within pools so that batches vary between epochs
+        groups = []
+        for p in range(0, len(order), pool):
+            chunk = sorted(order[p: p + pool], key=lambda i: feats[i].size(0))
+            groups += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(groups)
+    return Batches(groups, feats, targets, texts)
+
+
+class SpeechModel(nn.Module):
+    """Log-mel features, a conv front-end, the shared encoder and a CTC head: train it, or
+    ``transcribe`` audio files and arrays."""
+
+    monitor, mode = "cer", "min"
+
+    def __init__(self, recipe: Recipe, vocab: CTCVocab, head_cls: Any,
+                 lexicon: Optional[list[str]] = None) -> None:
+        super().__init__()
+        f, enc = recipe.features, recipe.encoder
+        if f.kind != "fbank":
+            raise RecipeError(f"{recipe.source}: features.kind: a transcription head needs audio features; "
+                              f"set features.kind: fbank (got {f.kind!r})")
+        self.recipe = recipe
+        self.vocab = vocab
+        self.fbank = Fbank(f.sample_rate, f.n_mels)
+        self.normalize = Normalizer(f.n_mels, f.normalize)
+        self.augment = SpecAugment.from_config(f)
+        self.frontend = ConvSubsampler(f.n_mels, enc.hidden_size, subsampling=f.subsampling,
+                                       num_layers=f.conv_layers, channels=f.conv_channels, dropout=f.dropout)
+        self.encoder = Encoder(enc.hidden_size, enc.hidden_size, num_layers=enc.num_layers, cell=enc.cell,
+                               bidirectional=enc.bidirectional, dropout=enc.dropout, batch_first=True,
+                               engine=enc.engine)
+        self.head = head_cls(self.encoder.output_size, vocab, dropout=recipe.head.dropout, lexicon=lexicon)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.fbank.sample_rate
+
+    def encode(self, batch: SpeechBatch) -> tuple[Tensor, Tensor]:
+        """Encoder output (N, L', D*H) and its lengths (N,)."""
+        x = self.normalize(batch.feats, batch.lengths)  # (N, L, F)
+        x = self.augment(x, batch.lengths)
+        x, lengths = self.frontend(x, batch.lengths)  # (N, L', E)
+        out, _ = self.encoder(x, lengths)
+        return out, lengths
+
+    def loss(self, batch: SpeechBatch) -> Tensor:
+        assert batch.targets is not None and batch.target_lengths is not None
+        out, lengths = self.encode(batch)
+        return self.head.loss(out, lengths, batch.targets, batch.target_lengths)
+
+    def decode(self, batch: SpeechBatch, beam: int = 0) -> list[str]:
+        out, lengths = self.encode(batch)
+        log_probs = self.head.log_probs(out)  # (N, L', C)
+        return self.head.beam(log_probs, lengths, beam) if beam > 0 else self.head.greedy(log_probs, lengths)
+
+    def evaluate(self, batches: Iterable[SpeechBatch], beam: int = 0) -> dict[str, Any]:
+        refs, hyps = [], []
+        for batch in batches:
+            refs += batch.texts
+            hyps += self.decode(batch, beam)
+        return {**error_rates(refs, hyps), "utterances": len(refs)}
+
+    @overload
+    def transcribe(self, audio: AudioInput, *, sample_rate: Optional[int] = None, beam: int = 0,
+                   batch_size: int = 16, progress: Optional[bool] = None, errors: str = "raise") -> dict[str, Any]: ...
+
+    @overload
+    def transcribe(self, audio: Union[list[AudioInput], tuple[AudioInput, ...]], *,
+                   sample_rate: Optional[int] = None, beam: int = 0, batch_size: int = 16,
+                   progress: Optional[bool] = None, errors: str = "raise") -> list[dict[str, Any]]: ...
+
+    @torch.inference_mode()
+    def transcribe(self, audio, *, sample_rate=None, beam=0, batch_size=16, progress=None, errors="raise"):
+        """Transcribe audio files (WAV/FLAC/OGG, any rate) or sample arrays.
+
+        Args:
+            audio: a path, a (T,) or (T, channels) array or tensor, or a list of those.
+            sample_rate: the rate of arrays (required for them); files carry their own.
+            beam: beam width of the CTC beam search; 0 decodes greedily.
+            batch_size: utterances per forward pass (sorted by duration).
+            progress: progress bar on stderr; None shows one when there is more than a batch.
+            errors: ``"raise"`` stops at the first unreadable input with a DataError;
+                ``"skip"`` gives it ``text`` None and an ``error`` message and carries on.
+
+        Returns one dict per input (a single dict for a single input): ``text``, ``audio`` (the
+        path, or None for arrays), ``duration_s`` and ``time_s``, the seconds from waveform to
+        text (features, network and decoding; shared out by duration within a batch).
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        single = not isinstance(audio, (list, tuple))
+        items: list[AudioInput] = [audio] if single else list(audio)
+        self.eval()
+        device = next(self.parameters()).device
+        results: list[dict[str, Any]] = [{} for _ in items]
+        show = progress if progress is not None else len(items) > batch_size
+        with tqdm(total=len(items), unit="file", disable=not show, leave=False) as bar:
+            for start in range(0, len(items), batch_size * 8):  # read a few batches at a time
+                span = range(start, min(start + batch_size * 8, len(items)))
+                waves = {}
+                for i in span:
+                    name = str(items[i]) if isinstance(items[i], (str, os.PathLike)) else None
+                    results[i] = {"audio": name, "text": None, "duration_s": 0.0, "time_s": 0.0}
+                    try:
+                        waves[i] = self._waveform(items[i], sample_rate)
+                    except DataError as exc:
+                        if errors == "raise":
+                            raise
+                        results[i]["error"] = str(exc)
+                        bar.update(1)
+                order = sorted(waves, key=lambda i: waves[i].numel())
+                for b in range(0, len(order), batch_size):
+                    group = order[b: b + batch_size]
+                    self._transcribe_group(group, waves, results, beam, device)
+                    bar.update(len(group))
+        return results[0] if single else results
+
+    def _waveform(self, item: AudioInput, sample_rate: Optional[int]) -> Tensor:
+        if isinstance(item, (str, os.PathLike)):
+            return read_audio(item, self.sample_rate)
+        if sample_rate is None:
+            raise DataError("audio given as samples needs its rate: transcribe(samples, sample_rate=16000)")
+        return as_waveform(item, sample_rate, self.sample_rate)
+
+    def _transcribe_group(self, group: list[int], waves: dict[int, Tensor], results: list[dict[str, Any]],
+                          beam: int, device: torch.device) -> None:
+        started = time.perf_counter()
+        feats = [self.fbank(waves[i].to(device)).cpu() for i in group]
+        texts = self.decode(collate(feats, None, [""] * len(group), group).to(device), beam)
+        spent = time.perf_counter() - started
+        total = sum(waves[i].numel() for i in group)
+        for i, text in zip(group, texts, strict=True):
+            results[i].update(text=text, duration_s=waves[i].numel() / self.sample_rate,
+                              time_s=spent * waves[i].numel() / total)
+
+
+# -- the task interface used by seqkit.build ------------------------------------------------
+
+
+def _base(recipe: Recipe) -> Path:
+    return Path(recipe.source).parent if recipe.source not in ("", "<defaults>") else Path.cwd()
+
+
+def load_splits(recipe: Recipe) -> dict[str, SpeechCorpus]:
+    """The recipe's data splits from its provider (synth-speech builds or reuses its cache)."""
+    provider = registry.datasets.get(recipe.data.dataset, where=f"{recipe.source}: data.dataset")
+    return provider(recipe.data, base=_base(recipe))
+
+
+def _features(model: SpeechModel, corpus: SpeechCorpus, log: Callable[[str], None],
+              desc: str) -> tuple[list[Tensor], list[str]]:
+    """Log-mel features and transcripts of a corpus; unreadable files are skipped and named."""
+    feats, texts, bad = [], [], []
+    with torch.inference_mode():
+        for utt in tqdm(corpus.utterances, desc=f"features {desc}", unit="utt", leave=False, disable=None):
+            try:
+                feats.append(model.fbank(read_audio(utt.audio, model.sample_rate)))
+                texts.append(utt.text)
+            except DataError as exc:
+                bad.append(str(exc))
+    if bad:
+        log(f"skipped {len(bad)} unreadable audio file(s) of {corpus.path}: " + "; ".join(bad[:3])
+            + (" ..." if len(bad) > 3 else ""))
+    return feats, texts
+
+
+def _lexicon(recipe: Recipe, vocab_dir: Optional[Path]) -> Optional[list[str]]:
+    """The lexicon's words; the run folder keeps a copy so that the run stands alone."""
+    kept = vocab_dir / "lexicon.txt" if vocab_dir is not None else None
+    if kept is not None and kept.exists():
+        path = kept
+    elif recipe.head.lexicon:
+        path = Path(recipe.head.lexicon).expanduser()
+        path = path if path.is_absolute() else _base(recipe) / path
+        if not path.is_file():
+            raise RecipeError(f"{recipe.source}: head.lexicon: file not found: {path}")
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, kept)
+    else:
+        return None
+    words = {line.split()[0].lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return sorted(words)
+
+
+def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
+    """Data (features computed once, kept in memory), output units (kept in ``run_dir/vocab``),
+    model and batches of a recipe; extra splits (flite, librivox) are evaluated at the end."""
+    splits = load_splits(recipe)
+    if not splits["train"].utterances:
+        raise SeqkitError(f"{splits['train'].path}: no training utterances")
+    vocab_dir = run_dir / "vocab" if run_dir is not None else None
+    if vocab_dir is not None and (vocab_dir / "units.json").exists():
+        vocab = CTCVocab.load(vocab_dir)
+    else:
+        vocab = CTCVocab.build([u.text for u in splits["train"].utterances], recipe.head.vocab, recipe.head.bpe_size)
+        if vocab_dir is not None:
+            vocab.save(vocab_dir)
+    head_cls = registry.heads.get(recipe.head.name, where=f"{recipe.source}: head.name")
+    torch.manual_seed(recipe.train.seed)
+    model = SpeechModel(recipe, vocab, head_cls, _lexicon(recipe, vocab_dir))
+    data = {name: _features(model, corpus, log, name) for name, corpus in splits.items() if corpus.utterances}
+    feats, texts = data["train"]
+    if not feats:
+        raise SeqkitError(f"{splits['train'].path}: no readable training audio")
+    if recipe.features.normalize == "global":
+        model.normalize.fit(feats)
+    targets = [vocab.encode(t) for t in texts]
+    hours = sum(f.size(0) for f in feats) / 360000
+    log(f"data: {len(feats)} train ({hours:.1f} h) / {len(data.get('valid', ([], []))[0])} valid / "
+        f"{len(data.get('test', ([], []))[0])} test utterances"
+        + "".join(f" / {len(d[0])} {k}" for k, d in data.items() if k not in ("train", "valid", "test"))
+        + f"; {len(vocab)} output units ({vocab.kind})")
+    cfg = recipe.train
+    held = {k: make_batches(data[k][0], None, data[k][1], cfg.eval_batch_size) if k in data else None
+            for k in ("valid", "test")}
+    extras = {k: make_batches(d[0], None, d[1], cfg.eval_batch_size) for k, d in data.items()
+              if k not in ("train", "valid", "test")}
+
+    def extra_eval(trained: nn.Module) -> dict[str, Any]:
+        assert isinstance(trained, SpeechModel)
+        return _report(trained, held["test"], extras, recipe.head.beam_size)
+
+    return Prepared(model, lambda epoch: make_batches(feats, targets, texts, cfg.batch_size,
+                                                      seed=cfg.seed * 1000 + epoch),
+                    held["valid"], held["test"], extra_eval=extra_eval)
+
+
+@torch.no_grad()
+def _report(model: SpeechModel, test: Optional[Batches], extras: dict[str, Batches], beam: int) -> dict[str, Any]:
+    """Beam-search scores on the test split, and greedy (plus beam) scores on each extra split."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[str, Any] = {}
+    if test is not None and beam > 0:
+        scores = model.evaluate((b.to(device) for b in test), beam=beam)
+        out.update(cer_beam=scores["cer"], wer_beam=scores["wer"], beam_size=beam)
+    for name, batches in extras.items():
+        scores = model.evaluate(b.to(device) for b in batches)
+        if beam > 0:
+            more = model.evaluate((b.to(device) for b in batches), beam=beam)
+            scores.update(cer_beam=more["cer"], wer_beam=more["wer"])
+        out[name] = scores
+    return out
+
+
+def build_model(recipe: Recipe, run_dir: Path) -> SpeechModel:
+    """An untrained model shaped like the one in ``run_dir`` (units and lexicon read from it)."""
+    vocab = CTCVocab.load(run_dir / "vocab")
+    head_cls = registry.heads.get(recipe.head.name, where=f"{run_dir / 'recipe.yaml'}: head.name")
+    return SpeechModel(recipe, vocab, head_cls, _lexicon(recipe, run_dir / "vocab"))
+
+
+def evaluate_data(model: SpeechModel, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
+    """CER/WER (greedy, and beam search when the recipe sets head.beam_size) on a JSONL
+    manifest, or on the recipe's test split.  Unreadable files are listed and left out."""
+    corpus = read_manifest(data) if data is not None else load_splits(model.recipe)["test"]
+    if not corpus.utterances:
+        raise SeqkitError(f"{corpus.path}: no utterances to evaluate")
+    paths: list[AudioInput] = [u.audio for u in corpus.utterances]
+    batch = min(batch_size, 32)
+    greedy = model.transcribe(paths, batch_size=batch, errors="skip")
+    ok = [i for i, r in enumerate(greedy) if r["text"] is not None]
+    if not ok:
+        raise DataError(f"{corpus.path}: none of the {len(paths)} audio files could be read")
+    refs = [corpus.utterances[i].text for i in ok]
+    metrics: dict[str, Any] = error_rates(refs, [greedy[i]["text"] for i in ok])
+    beam = model.recipe.head.beam_size
+    if beam > 0:
+        beamed = model.transcribe([paths[i] for i in ok], beam=beam, batch_size=batch, errors="skip")
+        scores = error_rates(refs, [r["text"] or "" for r in beamed])
+        metrics.update(cer_beam=scores["cer"], wer_beam=scores["wer"], beam_size=beam)
+    audio_s = sum(greedy[i]["duration_s"] for i in ok)
+    metrics.update(utterances=len(ok), audio_s=round(audio_s, 1), data=str(corpus.path),
+                   unreadable=[greedy[i]["error"] for i in range(len(paths)) if greedy[i]["text"] is None])
+    return metrics

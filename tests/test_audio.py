@@ -1,0 +1,160 @@
+"""Audio in, log-mel features, normalisation, SpecAugment and the conv front-end."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seqkit.errors import DataError, RecipeError
+from seqkit.features.audio import Fbank, Normalizer, SpecAugment, as_waveform, read_audio
+from seqkit.features.frontend import ConvSubsampler
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
+                                  reason="espeak-ng is not installed (apt-get install espeak-ng)")
+
+
+def espeak(path, text, voice="en-us"):
+    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
+def sine(freq, rate, seconds=1.0):
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * math.pi * freq * t)).astype(np.float32)
+
+
+@needs_espeak
+def test_real_espeak_audio_is_resampled_to_16k(tmp_path):
+    wav = espeak(tmp_path / "a.wav", "in the beginning god created the heaven and the earth")
+    info = soundfile.info(str(wav))
+    assert info.samplerate == 22050  # espeak's own rate, so this really resamples
+    wave = read_audio(wav, 16000)
+    assert wave.dtype == torch.float32 and wave.dim() == 1
+    assert abs(wave.numel() - info.frames * 16000 / 22050) <= 2
+    assert wave.abs().max() > 0.05  # speech, not silence
+
+
+def test_resampling_keeps_pitch_and_mixes_channels_down(tmp_path):
+    rate = 44100
+    left, right = sine(1000, rate), np.zeros(rate, dtype=np.float32)
+    path = tmp_path / "stereo.flac"
+    soundfile.write(str(path), np.stack([left, right], axis=1), rate)
+    wave = read_audio(path, 16000)
+    assert wave.numel() == 16000
+    spectrum = torch.fft.rfft(wave).abs()
+    assert int(spectrum.argmax()) == 1000  # 1 s of audio: bin k is k Hz
+    assert float(wave.abs().max()) == pytest.approx(0.25, abs=0.01)  # (0.5 + 0) / 2
+
+
+def test_ogg_and_integer_arrays(tmp_path):
+    path = tmp_path / "tone.ogg"
+    soundfile.write(str(path), sine(440, 16000), 16000, format="OGG", subtype="VORBIS")
+    assert read_audio(path).numel() == pytest.approx(16000, abs=200)
+    pcm = (sine(440, 8000) * 32767).astype(np.int16)
+    wave = as_waveform(pcm, 8000, 16000)
+    assert wave.numel() == 16000 and float(wave.abs().max()) == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: None, "not found"),
+    (lambda p: p.write_bytes(b""), "empty file"),
+    (lambda p: p.write_bytes(b"RIFF not really a wave file at all"), "cannot read audio"),
+    (lambda p: soundfile.write(str(p), np.zeros(0, dtype=np.float32), 16000), "empty audio"),
+    (lambda p: p.mkdir(), "folder"),
+])
+def test_bad_audio_is_one_line_naming_the_file(tmp_path, make, reason):
+    path = tmp_path / "bad.wav"
+    make(path)
+    with pytest.raises(DataError) as info:
+        read_audio(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and reason in message and "\n" not in message
+
+
+def test_samples_with_nan_are_refused():
+    with pytest.raises(DataError, match="NaN"):
+        as_waveform(np.array([0.0, float("nan")], dtype=np.float32), 16000)
+
+
+def test_fbank_frames_and_shape():
+    fbank = Fbank(16000, n_mels=40)
+    for samples in (1, 159, 160, 16000, 16123):
+        feats = fbank(torch.randn(samples) * 0.1)
+        assert feats.shape == (samples // 160 + 1, 40) == (fbank.num_frames(samples), 40)
+        assert bool(torch.isfinite(feats).all())
+    assert not list(fbank.state_dict())  # window and filters follow from the settings
+
+
+def test_utterance_normalisation_ignores_padding():
+    x = torch.randn(2, 30, 8) * 3 + 5
+    lengths = torch.tensor([30, 12])
+    norm = Normalizer(8, "utterance")
+    y = norm(x, lengths)
+    alone = norm(x[1:, :12], lengths[1:])
+    torch.testing.assert_close(y[1, :12], alone[0])
+    assert bool((y[1, 12:] == 0).all())
+    assert y[0].mean(0).abs().max() < 1e-4 and (y[0].std(0, unbiased=False) - 1).abs().max() < 1e-3
+
+
+def test_global_normalisation_uses_training_statistics():
+    feats = [torch.randn(50, 4) * 2 + 3, torch.randn(20, 4) * 2 + 3]
+    norm = Normalizer(4, "global")
+    norm.fit(feats)
+    allf = torch.cat(feats)
+    torch.testing.assert_close(norm.mean, allf.mean(0))
+    torch.testing.assert_close(norm.std, allf.std(0, unbiased=False))
+    assert {"mean", "std"} <= set(norm.state_dict())  # travel with the checkpoint
+
+
+def test_specaugment_masks_in_training_only():
+    torch.manual_seed(0)
+    aug = SpecAugment(freq_masks=2, freq_mask_width=10, time_masks=2, time_mask_width=30, time_mask_fraction=0.2)
+    x = torch.randn(16, 200, 80).abs() + 1  # no zeros of its own
+    lengths = torch.tensor([200] * 8 + [100] * 8)
+    aug.eval()
+    assert torch.equal(aug(x, lengths), x)
+    aug.train()
+    y = aug(x, lengths)
+    masked = y == 0
+    assert masked.any()
+    assert torch.equal(y[~masked], x[~masked])  # masks zero values, never change others
+    time_masked = masked.all(dim=2)  # (N, L) whole frames
+    for row, n in enumerate(lengths.tolist()):
+        width = int(time_masked[row].sum())
+        assert width <= 2 * min(30, int(n * 0.2))
+        assert not time_masked[row, n:].any()  # drawn inside the utterance
+    assert masked.all(dim=1).any()  # some mel bins masked over a whole utterance
+
+
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 41), min_size=1, max_size=4), subsampling=st.sampled_from([1, 2, 4]))
+def test_conv_frontend_tracks_lengths_exactly(lengths, subsampling):
+    torch.manual_seed(0)
+    conv = ConvSubsampler(16, 12, subsampling=subsampling, num_layers=2, channels=4).eval()
+    n, longest = len(lengths), max(lengths)
+    x = torch.zeros(n, longest, 16)
+    for i, length in enumerate(lengths):
+        x[i, :length] = torch.randn(length, 16)
+    y, out_lengths = conv(x, torch.tensor(lengths))
+    expected = [math.ceil(length / subsampling) for length in lengths]
+    assert out_lengths.tolist() == expected and y.size(1) == max(expected)
+    for i, length in enumerate(lengths):
+        alone, alone_len = conv(x[i: i + 1, :length], torch.tensor([length]))
+        assert alone.size(1) == expected[i] == int(alone_len)
+        torch.testing.assert_close(y[i, : expected[i]], alone[0], atol=1e-5, rtol=1e-5)
+        assert bool((y[i, expected[i]:] == 0).all())
+
+
+def test_conv_frontend_refuses_impossible_subsampling():
+    with pytest.raises(RecipeError, match="features.subsampling"):
+        ConvSubsampler(80, 64, subsampling=3)
+    with pytest.raises(RecipeError, match="features.subsampling"):
+        ConvSubsampler(80, 64, subsampling=8, num_layers=2)

@@ -1,0 +1,125 @@
+"""Speech end to end: the shipped recipe for two steps, `seqkit transcribe` (CliRunner and a real
+subprocess), `seqkit evaluate` on a manifest, and ``seqkit.load(...).transcribe``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from click.testing import CliRunner
+
+import seqkit
+from seqkit.cli import cli
+from seqkit.data.speech import LIBRIVOX
+from seqkit.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "ctc" / "synth-speech.yaml"
+
+pytestmark = pytest.mark.skipif(
+    any(shutil.which(p) is None for p in ("espeak-ng", "flite", "bible")),
+    reason="needs espeak-ng, flite and bible-kjv (apt-get install espeak-ng flite bible-kjv bible-kjv-text)")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The shipped recipe, two steps on three utterances per split (a smoke run)."""
+    tmp = tmp_path_factory.mktemp("speech")
+    overrides = ["device=cpu", "train.max_steps=2", "train.threads=1", "train.batch_size=3",
+                 "data.limit=3", f"data.cache_dir={tmp / 'cache'}",
+                 f"data.synth.librivox={'true' if LIBRIVOX.is_dir() else 'false'}"]
+    args = ["recipe", "run", str(RECIPE), "--out", str(tmp / "run"), "--no-progress"]
+    for item in overrides:
+        args += ["--set", item]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    return tmp / "run"
+
+
+def test_recipe_smoke_run_writes_all_metrics(run):
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["stopped"] == "max_steps"
+    for key in ("cer", "wer", "cer_beam", "wer_beam"):
+        assert 0 <= metrics[key] <= 1000  # an untrained model may insert more than the reference has
+    assert metrics["beam_size"] == 16 and metrics["utterances"] == 3
+    assert {"cer", "wer", "cer_beam"} <= set(metrics["flite"]) and metrics["flite"]["utterances"] == 3
+    if LIBRIVOX.is_dir():
+        assert metrics["librivox"]["utterances"] == 5
+    units = json.loads((run / "vocab" / "units.json").read_text())
+    assert units["kind"] == "chars" and units["tokens"][:2] == ["<blank>", "|"]
+
+
+def _audio(tmp_path) -> list[Path]:
+    good = tmp_path / "good.wav"
+    subprocess.run(["espeak-ng", "-w", str(good), "let there be light"], check=True)
+    stereo = tmp_path / "stereo.flac"
+    wave, rate = soundfile.read(str(good))
+    soundfile.write(str(stereo), np.stack([wave, wave], axis=1), rate)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt garbage")
+    return [good, bad, stereo]
+
+
+def test_transcribe_subprocess_reports_bad_files_and_carries_on(run, tmp_path):
+    good, bad, stereo = _audio(tmp_path)
+    env = {**os.environ, "SEQKIT_LOAD_PLUGINS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "seqkit", "transcribe", str(run), str(good), str(bad), str(stereo),
+                           "--beam", "4"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(good), str(stereo)]
+    path, duration, spent, _text = lines[0].split("\t")
+    assert float(duration.rstrip("s")) > 0.5 and float(spent.rstrip("s")) >= 0
+    assert f"error: {bad}: cannot read audio" in proc.stderr
+    assert "2 file(s)" in proc.stderr and "1 could not be read" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_transcribe_json_and_missing_files(run, tmp_path):
+    good, bad, _ = _audio(tmp_path)
+    result = CliRunner().invoke(cli, ["transcribe", str(run), str(good), str(tmp_path / "nope.wav"), "--json"])
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows[0]["audio"] == str(good) and isinstance(rows[0]["text"], str) and rows[0]["duration_s"] > 0.5
+    assert rows[1]["text"] is None and "audio file not found" in rows[1]["error"]
+    result = CliRunner().invoke(cli, ["transcribe", str(run)])
+    assert result.exit_code == 2 and "nothing to transcribe" in result.output
+
+
+def test_evaluate_prints_error_rates_of_a_manifest(run, tmp_path):
+    good, bad, stereo = _audio(tmp_path)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": p.name, "text": "Let there be light."}) + "\n"
+                                for p in (good, bad, stereo)), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "--data", str(manifest)])
+    assert result.exit_code == 0, result.output
+    assert "cer" in result.stdout and "wer" in result.stdout
+    assert "2 utterances" in result.output and "bad.wav" in result.output  # the unreadable one is named
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "--data", str(manifest), "--json"])
+    metrics = json.loads(result.stdout)
+    assert metrics["utterances"] == 2 and len(metrics["unreadable"]) == 1 and "cer_beam" in metrics
+
+
+def test_load_and_transcribe_files_and_arrays(run, tmp_path, device):
+    good, bad, stereo = _audio(tmp_path)
+    asr = seqkit.load(run, device=str(device))
+    one = asr.transcribe(str(good))
+    assert isinstance(one, dict) and isinstance(one["text"], str) and one["audio"] == str(good)
+    wave, rate = soundfile.read(str(good), dtype="float32")
+    from_array = asr.transcribe(wave, sample_rate=rate)
+    assert from_array["text"] == one["text"] and from_array["audio"] is None
+    assert asr.transcribe(torch.from_numpy(wave), sample_rate=rate)["text"] == one["text"]
+    many = asr.transcribe([good, bad, stereo], errors="skip", batch_size=2)
+    assert many[0]["text"] == one["text"] == many[2]["text"] and many[1]["text"] is None
+    with pytest.raises(DataError, match="bad.wav"):
+        asr.transcribe([good, bad])
+    with pytest.raises(DataError, match="sample_rate"):
+        asr.transcribe(wave)

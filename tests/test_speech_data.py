@@ -1,0 +1,131 @@
+"""Speech data providers: manifests, the LibriVox sample, synth-speech and its program checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+from click.testing import CliRunner
+
+from seqkit.build import check_recipe
+from seqkit.cli import cli
+from seqkit.data import speech
+from seqkit.data.speech import chunks, normalize_transcript, read_manifest
+from seqkit.errors import DataError
+from seqkit.recipe import DataConfig, Recipe, SynthConfig
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("bible") is None,
+                                  reason="espeak-ng or bible-kjv is not installed "
+                                         "(apt-get install espeak-ng bible-kjv bible-kjv-text)")
+
+
+def test_transcripts_are_normalised_for_scoring():
+    assert normalize_transcript("And the LORD said, Let there be light:") == "and the lord said let there be light"
+    assert normalize_transcript("Beth-el \u2018Pharaoh\u2019s\u2019  'quoted'") == "beth el pharaoh's quoted"
+
+
+def test_text_is_cut_at_punctuation_into_bounded_chunks():
+    verse = ("And the earth was without form, and void; and darkness was upon the face of the deep. "
+             "And the Spirit of God moved upon the face of the waters.")
+    assert chunks(verse, 3, 16) == ["And the earth was without form, and void;",
+                                    "and darkness was upon the face of the deep.",
+                                    "And the Spirit of God moved upon the face of the waters."]
+    assert all(len(c.split()) <= 5 for c in chunks(verse, 1, 5))
+    assert chunks("In the year 1066 the king came.", 3, 16) == []  # numbers have no safe transcript
+
+
+def test_manifest_resolves_audio_relative_to_itself(tmp_path, monkeypatch):
+    data = tmp_path / "corpus"
+    (data / "wav").mkdir(parents=True)
+    soundfile.write(str(data / "wav" / "a.wav"), np.zeros(1600, dtype=np.float32), 16000)
+    (data / "all.jsonl").write_text(
+        json.dumps({"audio": "wav/a.wav", "text": "Hello, World!", "speaker": "x"}) + "\n\n"
+        + json.dumps({"audio": str(data / "wav" / "a.wav"), "text": "again"}) + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # not the manifest's folder
+    corpus = read_manifest(data / "all.jsonl")
+    assert [u.audio for u in corpus.utterances] == [data / "wav" / "a.wav"] * 2
+    assert corpus.utterances[0].text == "hello world" and corpus.utterances[0].info == {"speaker": "x"}
+    splits = speech.manifest_provider(DataConfig(dataset="manifest", train="corpus/all.jsonl"), base=tmp_path)
+    assert splits["train"].utterances[0].audio.exists() and splits["test"].utterances == []
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", "all.jsonl:2: not a JSON object"),
+    ('{"audio": "a.wav"}', 'all.jsonl:2: expected {"audio"'),
+])
+def test_bad_manifest_lines_name_the_line(tmp_path, line, message):
+    path = tmp_path / "all.jsonl"
+    path.write_text('{"audio": "a.wav", "text": "ok"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=message.replace("{", r"\{")):
+        read_manifest(path)
+
+
+@pytest.mark.skipif(not speech.LIBRIVOX.is_dir(), reason="pocketsphinx-testdata is not installed")
+def test_librivox_sample_has_five_real_sentences():
+    corpus = speech.librivox_corpus()
+    assert len(corpus.utterances) == 5 and all(u.audio.exists() for u in corpus.utterances)
+    assert corpus.utterances[1].text == "he was not an ill disposed young man"
+
+
+def _recipe(tmp_path, **synth) -> Recipe:
+    recipe = Recipe()
+    recipe.head.name = "ctc"
+    recipe.features.kind = "fbank"
+    recipe.data = DataConfig(dataset="synth-speech", cache_dir=str(tmp_path / "cache"),
+                             synth=SynthConfig(**{"train": 6, "valid": 2, "test": 3, "flite": 0, "librivox": False,
+                                                  **synth}))
+    return recipe
+
+
+def test_missing_program_is_one_line_naming_the_package(tmp_path, monkeypatch):
+    # Simulate a machine without espeak-ng: PATH holds only an empty folder.
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(DataError, match=r"`espeak-ng`.*apt-get install espeak-ng"):
+        check_recipe(_recipe(tmp_path))
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text(_recipe(tmp_path).to_yaml(), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["recipe", "validate", str(recipe_file)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "sudo apt-get install espeak-ng" in lines[0], result.output
+
+
+def test_flite_program_is_checked_when_a_flite_split_is_asked_for(tmp_path, monkeypatch):
+    real = tmp_path / "bin"
+    real.mkdir()
+    for program in ("espeak-ng", "bible"):  # present: stand-ins; only flite is missing
+        (real / program).write_text("#!/bin/sh\n")
+        (real / program).chmod(0o755)
+    monkeypatch.setenv("PATH", str(real))
+    with pytest.raises(DataError, match="apt-get install flite"):
+        check_recipe(_recipe(tmp_path, flite=2))
+    check_recipe(_recipe(tmp_path, flite=0))
+
+
+@needs_espeak
+def test_synth_speech_is_deterministic_cached_and_held_out(tmp_path, monkeypatch):
+    recipe = _recipe(tmp_path)
+    first = speech.synth_provider(recipe.data, base=tmp_path)
+    again = speech.synth_provider(_recipe(tmp_path / "other").data, base=tmp_path)
+    for split in ("train", "valid", "test"):
+        a, b = first[split].utterances, again[split].utterances
+        assert [u.text for u in a] == [u.text for u in b]
+        assert all(np.array_equal(soundfile.read(str(x.audio))[0], soundfile.read(str(y.audio))[0])
+                   for x, y in zip(a, b, strict=True))
+    assert len(first["train"].utterances) == 6 and len(first["test"].utterances) == 3
+    # held out: sentences, voices and variants of validation and test never occur in training
+    train = first["train"].utterances
+    for split in ("valid", "test"):
+        held = first[split].utterances
+        assert not {u.text for u in held} & {u.text for u in train}
+        assert not {u.info["voice"] for u in held} & {u.info["voice"] for u in train}
+        assert not {u.info["variant"] for u in held} & {u.info["variant"] for u in train}
+    # cached: a second build renders nothing
+    monkeypatch.setattr(speech, "_render", lambda *a: pytest.fail("rendered again"))
+    cached = speech.synth_provider(recipe.data, base=tmp_path)
+    assert [u.audio for u in cached["train"].utterances] == [u.audio for u in train]
