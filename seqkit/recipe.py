@@ -133,7 +133,7 @@ class HeadConfig:
     vocab: Literal["chars", "bpe"] = "chars"  # output units: characters or BPE pieces
     bpe_size: int = 256  # BPE vocabulary size (HF tokenizers, trained on the training text)
     beam_size: int = 16  # beam search width for the test report and `transcribe --beam`
-    lexicon: Optional[str] = None  # word list: beam search may only output these words
+    lexicon: Optional[str] = None  # word list (or "train": the training words); beam search outputs only these
 
 
 @dataclass

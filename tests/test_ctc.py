@@ -97,6 +97,18 @@ def test_beam_search_returns_text_and_lexicon_fixes_spelling():
     assert CTC(4, bpe).beam(lp, torch.tensor([lp.size(1)]), 4) == ["the cat"]
 
 
+def test_beam_search_sums_alignments_where_greedy_takes_the_best_path():
+    # two frames, each "a" 0.4 / blank 0.6: the best single path is blank-blank (""), 0.36, but
+    # "a" has three alignments (a-a, a-_, _-a) worth 0.64 together
+    vocab = CTCVocab.build(["a"])
+    probs = torch.full((1, 2, len(vocab)), 1e-6)
+    probs[0, :, 0], probs[0, :, vocab.index["a"]] = 0.6, 0.4
+    lp = probs.log().log_softmax(-1)
+    head = CTC(4, vocab)
+    assert head.greedy(lp, torch.tensor([2])) == [""]
+    assert head.beam(lp, torch.tensor([2]), 4) == ["a"]
+
+
 def _tiny_recipe() -> Recipe:
     recipe = Recipe()
     recipe.features.kind = "fbank"

@@ -20,6 +20,7 @@ import seqkit
 from seqkit.cli import cli
 from seqkit.data.speech import LIBRIVOX
 from seqkit.errors import DataError
+from seqkit.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "ctc" / "synth-speech.yaml"
@@ -49,12 +50,23 @@ def test_recipe_smoke_run_writes_all_metrics(run):
     assert metrics["steps"] == 2 and metrics["stopped"] == "max_steps"
     for key in ("cer", "wer", "cer_beam", "wer_beam"):
         assert 0 <= metrics[key] <= 1000  # an untrained model may insert more than the reference has
-    assert metrics["beam_size"] == 16 and metrics["utterances"] == 3
+    assert metrics["beam_size"] == Recipe.load(RECIPE).head.beam_size and metrics["utterances"] == 3
     assert {"cer", "wer", "cer_beam"} <= set(metrics["flite"]) and metrics["flite"]["utterances"] == 3
     if LIBRIVOX.is_dir():
         assert metrics["librivox"]["utterances"] == 5
     units = json.loads((run / "vocab" / "units.json").read_text())
     assert units["kind"] == "chars" and units["tokens"][:2] == ["<blank>", "|"]
+
+
+def test_train_lexicon_is_the_training_words_and_beam_search_keeps_to_it(run):
+    assert Recipe.load(RECIPE).head.lexicon == "train"
+    manifest = next((run.parent / "cache" / "synth-speech").glob("train-*/manifest.jsonl"))
+    words = {w for line in manifest.read_text().splitlines() for w in json.loads(line)["text"].split()}
+    assert (run / "vocab" / "lexicon.txt").read_text().split() == sorted(words)
+    asr = seqkit.load(run)
+    audio = [json.loads(line)["audio"] for line in manifest.read_text().splitlines()]
+    for result in asr.transcribe([manifest.parent / a for a in audio], beam=8):
+        assert set(result["text"].split()) <= words
 
 
 def _audio(tmp_path) -> list[Path]:

@@ -175,9 +175,11 @@ class CTC(nn.Module):
                     lexicon_path = str(Path(tmp) / "lexicon.txt")
                     lines = [f"{w} {' '.join(self.vocab.spell(w))}" for w in self.lexicon if w.strip()]
                     Path(lexicon_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+                # log_add: a prefix's score sums over its alignments (without it hypotheses are
+                # merged by max, which finds the single best path: the greedy answer)
                 self._decoders[beam_size] = ctc_decoder(
                     lexicon=lexicon_path, tokens=list(self.vocab.tokens), beam_size=beam_size,
-                    blank_token=BLANK, sil_token=self.vocab.word_token, unk_word="<unk>")
+                    blank_token=BLANK, sil_token=self.vocab.word_token, unk_word="<unk>", log_add=True)
         return self._decoders[beam_size]
 
 

@@ -263,11 +263,21 @@ def _features(model: SpeechModel, corpus: SpeechCorpus, log: Callable[[str], Non
     return feats, texts
 
 
-def _lexicon(recipe: Recipe, vocab_dir: Optional[Path]) -> Optional[list[str]]:
-    """The lexicon's words; the run folder keeps a copy so that the run stands alone."""
+def _lexicon(recipe: Recipe, vocab_dir: Optional[Path], train_texts: Sequence[str] = ()) -> Optional[list[str]]:
+    """The lexicon's words (``train``: every word of the training transcripts); the run folder
+    keeps a copy so that the run stands alone."""
     kept = vocab_dir / "lexicon.txt" if vocab_dir is not None else None
     if kept is not None and kept.exists():
         path = kept
+    elif recipe.head.lexicon == "train":
+        words = sorted({w for text in train_texts for w in text.split()})
+        if not words:
+            raise SeqkitError(f"{kept if kept is not None else recipe.source}: head.lexicon: train needs the "
+                              "training transcripts' words, and there are none (is the run folder complete?)")
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.write_text("".join(w + "\n" for w in words), encoding="utf-8")
+        return words
     elif recipe.head.lexicon:
         path = Path(recipe.head.lexicon).expanduser()
         path = path if path.is_absolute() else _base(recipe) / path
@@ -297,7 +307,8 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
             vocab.save(vocab_dir)
     head_cls = registry.heads.get(recipe.head.name, where=f"{recipe.source}: head.name")
     torch.manual_seed(recipe.train.seed)
-    model = SpeechModel(recipe, vocab, head_cls, _lexicon(recipe, vocab_dir))
+    lexicon = _lexicon(recipe, vocab_dir, [u.text for u in splits["train"].utterances])
+    model = SpeechModel(recipe, vocab, head_cls, lexicon)
     data = {name: _features(model, corpus, log, name) for name, corpus in splits.items() if corpus.utterances}
     feats, texts = data["train"]
     if not feats:
