@@ -206,14 +206,6 @@ def _gather_time(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(0, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
 
 
-
-
-
-
-
-
-
-
 def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tensor],
                args: tuple) -> tuple[Tensor, State]:
     """``torch.lstm``/``torch.gru`` on time-major ``x``, in the autocast dtype if autocast is on.
@@ -253,6 +245,7 @@ def _fused_direction(cell: Cell, x: Tensor, lens: list[int], state: State) -> tu
     h = cell.hidden_size
     lengths = torch.tensor(lens, device=x.device)
     pad = torch.arange(length, device=x.device).unsqueeze(1) >= lengths  # (L, N)
+    x = x.masked_fill(pad.unsqueeze(-1), 0.0)  # whatever the padding holds (NaN, 1e5) stays out
     flagged = torch.cat([x, pad.unsqueeze(-1).to(x.dtype)], dim=-1)  # (L, N, I + 1)
     w_ih, *rest = cell.fused_weights()
     column = w_ih.new_zeros(w_ih.size(0), 1)

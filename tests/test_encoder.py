@@ -89,6 +89,23 @@ def test_padding_invariance(lengths, pad, generic):
             torch.testing.assert_close(s[:, i : i + 1], a)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("engine", ["auto", "generic"])
+@pytest.mark.parametrize("fill", [float("nan"), 1e5])
+def test_whatever_the_padding_holds_changes_nothing(cell, engine, fill):
+    torch.manual_seed(2)
+    enc = seqkit.Encoder(3, 4, num_layers=2, cell=cell, bidirectional=True, batch_first=True,
+                         engine=engine).double().eval()
+    lengths = torch.tensor([6, 4, 2])
+    x = torch.randn(3, 6, 3, dtype=torch.float64)
+    pad = torch.arange(6)[None, :] >= lengths[:, None]  # (N, L)
+    out, state = enc(x.masked_fill(pad[..., None], 0.0), lengths)
+    out_f, state_f = enc(x.masked_fill(pad[..., None], fill), lengths)
+    torch.testing.assert_close(out_f, out)
+    for s, s_f in zip(state if cell == "lstm" else (state,), state_f if cell == "lstm" else (state_f,)):
+        torch.testing.assert_close(s_f, s)
+
+
 def test_time_major_and_initial_state():
     enc = seqkit.Encoder(3, 4, num_layers=1, cell="gru")
     x = torch.randn(6, 2, 3)  # (L, N, I)
