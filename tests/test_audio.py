@@ -61,6 +61,10 @@ def test_ogg_and_integer_arrays(tmp_path):
     pcm = (sine(440, 8000) * 32767).astype(np.int16)
     wave = as_waveform(pcm, 8000, 16000)
     assert wave.numel() == 16000 and float(wave.abs().max()) == pytest.approx(0.5, abs=0.02)
+    stereo = as_waveform(np.stack([pcm, pcm], axis=1), 8000, 16000)  # integer channels: scaled, then mixed
+    torch.testing.assert_close(stereo, wave)
+    u8 = (sine(440, 8000) * 127 + 128).round().astype(np.uint8)  # unsigned 8-bit, centred on 128
+    assert float(as_waveform(u8, 8000, 16000).abs().max()) == pytest.approx(0.5, abs=0.02)
 
 
 @pytest.mark.parametrize("make, reason", [

@@ -52,13 +52,15 @@ def as_waveform(audio: Union[np.ndarray, Tensor], rate: int, sample_rate: int = 
                 where: str = "audio") -> Tensor:
     """A (T,) or (T, channels) array at ``rate`` as a mono (T,) float32 tensor at ``sample_rate``."""
     wave = torch.as_tensor(audio)
+    if wave.dtype == torch.uint8:  # 8-bit PCM is unsigned, centred on 128
+        wave = (wave.float() - 128.0) / 128.0
+    elif not wave.is_floating_point():  # signed integer PCM: scale to [-1, 1]
+        wave = wave.float() / float(-torch.iinfo(wave.dtype).min)
+    wave = wave.float()
     if wave.dim() == 2:
-        wave = wave.float().mean(dim=1)  # (T, channels) -> (T,)
+        wave = wave.mean(dim=1)  # (T, channels) -> (T,)
     if wave.dim() != 1:
         raise DataError(f"{where}: expected samples as (T,) or (T, channels), got shape {tuple(wave.shape)}")
-    if not wave.is_floating_point():  # integer PCM: scale to [-1, 1]
-        wave = wave.float() / float(-torch.iinfo(torch.as_tensor(audio).dtype).min)
-    wave = wave.float()
     if wave.numel() == 0:
         raise DataError(f"{where}: empty audio (no samples)")
     if not bool(torch.isfinite(wave).all()):
