@@ -1,6 +1,6 @@
 """Encoder speed table: raw nn.LSTM vs seqkit's engines and installed plugin cells.
 
-    python bench/encoder.py                      # the README's numbers: N=32 L=200 I=80 H=256, 3 layers
+    python bench/encoder.py --precision fp32 --repeats 7   # the README's table: N=32 L=200 I=80 H=256, 3 layers
     python bench/encoder.py --precision fp32 --mode fwd+bwd --json out.json
 
 The same command as ``seqkit bench encoder`` (``--help`` lists the options).

@@ -97,7 +97,7 @@ class _Row:
     name: str
     build: Callable[[], nn.Module]
     run: Callable[[nn.Module, Tensor, Optional[Tensor]], Tensor]
-    gates: int  # G / H: 4 for LSTM-like cells, 3 for GRU
+    gates: Optional[int]  # G / H: 4 for LSTM-like cells, 3 for GRU; None: read from the built cell
     full_length: bool = False
     raw: bool = False
 
@@ -134,7 +134,7 @@ def _rows(cfg: BenchConfig) -> list[_Row]:
     ]
     for name, entry in sorted(registry.cells.entries().items()):
         if name not in ("lstm", "gru"):
-            rows.append(_Row(f"plugin {name} ({entry.plugin})", encoder(name), seqkit_run, 4))
+            rows.append(_Row(f"plugin {name} ({entry.plugin})", encoder(name), seqkit_run, None))
     if cfg.only:
         rows = [r for r in rows if r.raw or any(o in r.name for o in cfg.only)]
     return rows
@@ -185,9 +185,18 @@ def _ceiling(dtype: torch.dtype, cfg: BenchConfig, device: torch.device) -> floa
     return 2 * m * k * n / seconds / 1e9
 
 
-def _flops(row: _Row, cfg: BenchConfig, frames: int) -> float:
+def _gates(module: nn.Module, hidden_size: int) -> Optional[int]:
+    """G / H of a plugin cell that declares its recurrent weight (G, H); None when it does not."""
+    cells = getattr(module, "cells", None)
+    cell = cells["l0"] if cells is not None and "l0" in cells else None
+    if cell is None or not cell.declares_recurrence():
+        return None
+    return cell.recurrent_parameters()[0].size(0) // hidden_size
+
+
+def _flops(gates: int, cfg: BenchConfig, frames: int) -> float:
     """Matmul FLOPs of one forward pass over ``frames`` real frames (backward: twice that)."""
-    h, g = cfg.hidden_size, row.gates * cfg.hidden_size
+    h, g = cfg.hidden_size, gates * cfg.hidden_size
     per_frame = sum(2 * g * ((cfg.input_size if layer == 0 else 2 * h) + h) for layer in range(cfg.num_layers))
     return 2 * per_frame * frames  # two directions
 
@@ -248,10 +257,11 @@ def run_encoder_bench(cfg: BenchConfig, progress: Optional[Callable[[str], None]
     for precision in cfg.precisions:
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         result.ceiling_gflops[precision] = _ceiling(dtype, cfg, device)
-    entries = []
+    entries, gates = [], {}
     for row in _rows(cfg):
         torch.manual_seed(cfg.seed)
         module = row.build().to(device)
+        gates[row.name] = row.gates or _gates(module, cfg.hidden_size)
         for precision in cfg.precisions:
             for mode in cfg.modes:
                 step = _step(row, module, x, None if row.full_length else lengths, precision, mode)
@@ -266,18 +276,19 @@ def run_encoder_bench(cfg: BenchConfig, progress: Optional[Callable[[str], None]
         if progress is not None:
             progress(f"round {k + 1}/{rounds} done")
     medians = {(row.name, precision, mode): statistics.median(times) for row, precision, mode, _, times in entries}
+    baselines = {m: v for (name, p, m), v in medians.items() if p == "fp32" and name.startswith("nn.LSTM")}
     for row, precision, mode, _, _ in entries:
         seconds = medians[(row.name, precision, mode)]
-        baseline = next((v for (name, p, m), v in medians.items()
-                         if p == "fp32" and m == mode and name.startswith("nn.LSTM")), None)
+        baseline = baselines.get(mode)
         row_frames = frames["padded"] if row.full_length else frames["real"]
-        gflops = _flops(row, cfg, row_frames) * (3 if mode == "fwd+bwd" else 1) / seconds / 1e9
+        g = gates[row.name]
+        gflops = _flops(g, cfg, row_frames) * (3 if mode == "fwd+bwd" else 1) / seconds / 1e9 if g else None
         result.rows.append({
             "row": row.name, "precision": precision, "mode": mode,
             "ms_per_batch": seconds * 1e3, "frames_per_s": row_frames / seconds,
             "ratio_to_fp32_nn_lstm": seconds / baseline if baseline else None,
             "gflops": gflops,
-            "percent_of_ceiling": 100 * gflops / result.ceiling_gflops[precision],
+            "percent_of_ceiling": 100 * gflops / result.ceiling_gflops[precision] if gflops else None,
         })
     return result
 
@@ -287,8 +298,10 @@ _HEADER = f"{'row':<44}{'prec':<6}{'mode':<9}{'ms/batch':>10}{'frames/s':>11}{'r
 
 def _format_row(r: dict[str, Any]) -> str:
     ratio = f"{r['ratio_to_fp32_nn_lstm']:.2f}" if r["ratio_to_fp32_nn_lstm"] is not None else "-"
+    gflops = f"{r['gflops']:.1f}" if r["gflops"] is not None else "-"  # unknown for an undeclared cell
+    ceil = f"{r['percent_of_ceiling']:.0f}" if r["percent_of_ceiling"] is not None else "-"
     return (f"{r['row']:<44}{r['precision']:<6}{r['mode']:<9}{r['ms_per_batch']:>10.1f}"
-            f"{r['frames_per_s']:>11,.0f}{ratio:>7}{r['gflops']:>9.1f}{r['percent_of_ceiling']:>7.0f}")
+            f"{r['frames_per_s']:>11,.0f}{ratio:>7}{gflops:>9}{ceil:>7}")
 
 
 def describe(result: BenchResult) -> str:

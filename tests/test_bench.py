@@ -14,9 +14,8 @@ import torch
 from click.testing import CliRunner
 
 import seqkit
-import seqkit.cli.bench  # noqa: F401  (attaches `seqkit bench` to the group)
 import seqkit.testing
-from seqkit.bench import BenchConfig, format_table, run_encoder_bench
+from seqkit.bench import BenchConfig, _flops, format_table, run_encoder_bench
 from seqkit.cells import GRUCell
 from seqkit.cli import cli
 
@@ -58,8 +57,15 @@ def test_every_row_precision_and_mode():
     for row in result.rows:
         assert set(row) == COLUMNS
         assert row["ms_per_batch"] > 0 and row["frames_per_s"] > 0 and row["gflops"] > 0
-    baseline = [r for r in result.rows if r["row"].startswith("nn.LSTM") and r["precision"] == "fp32"]
-    assert [r["ratio_to_fp32_nn_lstm"] for r in baseline] == [1.0, 1.0]
+    baseline = {r["mode"]: r["ms_per_batch"] for r in result.rows
+                if r["row"].startswith("nn.LSTM") and r["precision"] == "fp32"}
+    assert len(baseline) == 2  # one per mode
+    for row in result.rows:  # every ratio is to raw fp32 nn.LSTM in the same mode
+        assert row["ratio_to_fp32_nn_lstm"] == pytest.approx(row["ms_per_batch"] / baseline[row["mode"]])
+    for row in result.rows:  # the plugin's FLOPs come from its own (3H, H) recurrent weight, not 4H
+        if row["row"].startswith("plugin"):
+            flops = _flops(3, config, result.frames["real"]) * (3 if row["mode"] == "fwd+bwd" else 1)
+            assert row["gflops"] == pytest.approx(flops / (row["ms_per_batch"] / 1e3) / 1e9)
     assert set(result.ceiling_gflops) == {"fp32", "bf16"}
     assert result.frames["padded"] == 18 and 9 <= result.frames["real"] <= 18
     table = format_table(result)

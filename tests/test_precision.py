@@ -2,7 +2,7 @@
 
 Tolerances (bf16 keeps 8 significant bits, ~0.4% per rounding; errors add up over steps and
 layers): encoder outputs within 0.02 absolute at worst and 0.003 on average (in (-1, 1));
-training losses within 3% of the fp32 run at every logged step.
+training losses within 1% of the fp32 run at every logged step.
 """
 
 from __future__ import annotations
