@@ -13,7 +13,7 @@ import time
 import torch
 
 import seqkit
-from seqkit.models.tagging import _load_splits
+from seqkit.models import load_splits
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = seqkit.load(args.run)
-    sentences = [words for words, _ in _load_splits(model.recipe)["test"].sentences]
+    sentences = [words for words, _ in load_splits(model.recipe)["test"].sentences]
     if args.limit:
         sentences = sentences[: args.limit]
     timings, results = {}, {}

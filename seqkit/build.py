@@ -18,6 +18,7 @@ from torch import nn
 from . import registry
 from .checkpoint import load_checkpoint
 from .errors import RecipeError, SeqkitError
+from .models import recipe_base
 from .recipe import Recipe
 from .train import Trainer
 
@@ -93,11 +94,13 @@ def check_recipe(recipe: Recipe) -> None:
 
 def _absolute_data_paths(recipe: Recipe) -> None:
     """Data paths are read relative to the recipe's folder; the run folder keeps them absolute."""
-    base = Path(recipe.source).parent if recipe.source not in ("", "<defaults>") else Path.cwd()
+    base = recipe_base(recipe)
     for key in ("train", "valid", "test"):
         value = getattr(recipe.data, key, None)
         if isinstance(value, str) and not Path(value).expanduser().is_absolute():
             setattr(recipe.data, key, str((base / Path(value)).resolve()))
+    if recipe.data.cache_dir:  # relative to the current folder, like --out
+        recipe.data.cache_dir = str(Path(recipe.data.cache_dir).expanduser().resolve())
 
 
 def _check_resume(recipe: Recipe, run_dir: Path) -> None:

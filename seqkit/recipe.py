@@ -117,7 +117,7 @@ class DataConfig:
     valid: Optional[str] = None
     test: Optional[str] = None
     valid_fraction: float = 0.0  # carve validation from train when there is no valid split
-    limit: int = 0  # keep the first N training sentences (0: all); for smoke tests
+    limit: int = 0  # keep the first N examples of each split (0: all); for smoke tests
     tokenize: Literal["chars", "whitespace"] = "chars"
     cache_dir: Optional[str] = None  # where generated data is kept (default ~/.cache/seqkit)
     synth: SynthConfig = field(default_factory=SynthConfig)  # options of synth-speech
@@ -132,7 +132,7 @@ class HeadConfig:
     # ctc (transcription) only
     vocab: Literal["chars", "bpe"] = "chars"  # output units: characters or BPE pieces
     bpe_size: int = 256  # BPE vocabulary size (HF tokenizers, trained on the training text)
-    beam_size: int = 16  # beam search width for the test report and `transcribe --beam`
+    beam_size: int = 16  # beam width of the final report and `seqkit evaluate` (0: greedy only)
     lexicon: Optional[str] = None  # word list (or "train": the training words); beam search outputs only these
 
 

@@ -34,6 +34,11 @@ Checks (all in float64 on CPU, with fixed seeds):
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -47,7 +52,8 @@ from .cells import Cell
 from .encoder import Encoder
 from .engine import _autograd_loop, _recurrence
 
-__all__ = ["CHECKS", "Check", "Report", "assert_cell_conforms", "check_cell", "registered_plugin"]
+__all__ = ["CHECKS", "Check", "Report", "assert_cell_conforms", "check_cell", "installed_plugin_info",
+           "registered_plugin"]
 
 CHECKS = ("construct", "shapes", "hoisting", "engine", "padding", "state", "gradcheck", "determinism",
           "export")
@@ -190,6 +196,24 @@ def registered_plugin(plugin: Any, name: Optional[str] = None) -> Iterator[Any]:
         yield plugin
     finally:
         plugins.reset(previous)
+
+
+def installed_plugin_info(distribution: str) -> list[dict[str, Any]]:
+    """What ``seqkit plugins --json`` reports for the plugins of an installed distribution, run
+    in a real subprocess with entry-point loading on: proof that the installed plugin is found.
+
+    Raises ``AssertionError`` when the command fails or finds none of the distribution's plugins.
+    """
+    importlib.metadata.distribution(distribution)  # PackageNotFoundError when not installed
+    env = {**os.environ, "SEQKIT_LOAD_PLUGINS": "1"}
+    done = subprocess.run([sys.executable, "-c", "from seqkit.cli import main; main()", "plugins", "--json"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise AssertionError(f"seqkit plugins --json failed ({done.returncode}): {done.stderr.strip()}")
+    infos = [info for info in json.loads(done.stdout) if info["distribution"] == distribution]
+    if not infos:
+        raise AssertionError(f"seqkit found no plugin of {distribution} through the 'seqkit' entry points")
+    return infos
 
 
 def _run(name: str, fn: Callable[[_Context], str], ctx: _Context) -> Check:

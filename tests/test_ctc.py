@@ -69,21 +69,26 @@ def test_greedy_collapses_repeats_but_not_across_blanks():
 
 def test_ctc_loss_is_small_for_the_right_text_only():
     vocab = CTCVocab.build(["hi there"])
-    head = CTC(4, vocab)
-    ids = vocab.encode("hi there")
-    lp = spiky(vocab, ids)
-    # feed the log-probs straight in: a head whose projection is the identity on one-hot features
-    targets, target_lengths = torch.tensor([ids]), torch.tensor([len(ids)])
+    c = len(vocab)
+    head = CTC(c, vocab)
+    with torch.no_grad():  # identity projection: the features are the log-probabilities
+        head.proj.weight.copy_(torch.eye(c))
+        head.proj.bias.zero_()
+    ids, wrong_ids = vocab.encode("hi there"), vocab.encode("hi three")
+    lp = spiky(vocab, ids)  # (1, L, C)
     frames = torch.tensor([lp.size(1)])
-    right = torch.nn.functional.ctc_loss(lp.transpose(0, 1), targets, frames, target_lengths)
-    wrong = torch.nn.functional.ctc_loss(lp.transpose(0, 1), torch.tensor([vocab.encode("hi three")]),
-                                         frames, target_lengths)
+    right = head.loss(lp, frames, torch.tensor([ids]), torch.tensor([len(ids)]))
+    wrong = head.loss(lp, frames, torch.tensor([wrong_ids]), torch.tensor([len(wrong_ids)]))
     assert right < 0.01 < wrong
-    loss = head.loss(torch.randn(2, 20, 4), torch.tensor([20, 15]), torch.tensor([ids, ids]),
-                     torch.tensor([len(ids), 5]))
-    assert loss.dim() == 0 and torch.isfinite(loss)
+    # a batch: the summed loss divided by all target units, with each row's own lengths
+    feats = torch.randn(2, 20, c, requires_grad=True)
+    targets, lengths, tlens = torch.tensor([ids, ids]), torch.tensor([20, 15]), torch.tensor([len(ids), 5])
+    loss = head.loss(feats, lengths, targets, tlens)
+    expected = torch.nn.functional.ctc_loss(feats.log_softmax(-1).transpose(0, 1), targets, lengths, tlens,
+                                            reduction="sum") / tlens.sum()
+    torch.testing.assert_close(loss, expected)
     loss.backward()
-    assert head.proj.weight.grad is not None
+    assert feats.grad is not None and head.proj.weight.grad is not None
 
 
 def test_beam_search_returns_text_and_lexicon_fixes_spelling():

@@ -58,15 +58,24 @@ def test_recipe_smoke_run_writes_all_metrics(run):
     assert units["kind"] == "chars" and units["tokens"][:2] == ["<blank>", "|"]
 
 
-def test_train_lexicon_is_the_training_words_and_beam_search_keeps_to_it(run):
+def test_train_lexicon_is_the_training_words_and_the_loaded_model_uses_it(run):
     assert Recipe.load(RECIPE).head.lexicon == "train"
     manifest = next((run.parent / "cache" / "synth-speech").glob("train-*/manifest.jsonl"))
     words = {w for line in manifest.read_text().splitlines() for w in json.loads(line)["text"].split()}
     assert (run / "vocab" / "lexicon.txt").read_text().split() == sorted(words)
-    asr = seqkit.load(run)
-    audio = [json.loads(line)["audio"] for line in manifest.read_text().splitlines()]
-    for result in asr.transcribe([manifest.parent / a for a in audio], beam=8):
-        assert set(result["text"].split()) <= words
+    assert seqkit.load(run).head.lexicon == sorted(words)  # the loaded model reads it back
+    # (that beam search keeps to a lexicon is checked on known emissions in test_ctc.py)
+
+
+def _talkative(asr):
+    """The smoke run's model says blank (or a space) everywhere; with those two ruled out and its
+    output layer scaled up, it says letters that depend on the audio, so paths that must agree
+    can be compared on something."""
+    with torch.no_grad():
+        asr.head.proj.weight.mul_(50.0)
+        asr.head.proj.bias.zero_()
+        asr.head.proj.bias[:2] = -1e4  # <blank> and |
+    return asr
 
 
 def _audio(tmp_path) -> list[Path]:
@@ -122,9 +131,9 @@ def test_evaluate_prints_error_rates_of_a_manifest(run, tmp_path):
 
 def test_load_and_transcribe_files_and_arrays(run, tmp_path, device):
     good, bad, stereo = _audio(tmp_path)
-    asr = seqkit.load(run, device=str(device))
+    asr = _talkative(seqkit.load(run, device=str(device)))
     one = asr.transcribe(str(good))
-    assert isinstance(one, dict) and isinstance(one["text"], str) and one["audio"] == str(good)
+    assert isinstance(one, dict) and one["text"] and one["audio"] == str(good)
     wave, rate = soundfile.read(str(good), dtype="float32")
     from_array = asr.transcribe(wave, sample_rate=rate)
     assert from_array["text"] == one["text"] and from_array["audio"] is None

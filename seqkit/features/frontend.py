@@ -6,10 +6,10 @@ Shape legend: N batch, L frames, F mel bins, C channels, E output features.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import RecipeError
+from .audio import _frame_mask
 
 __all__ = ["ConvSubsampler", "subsampled_lengths"]
 
@@ -76,13 +76,10 @@ class ConvSubsampler(nn.Module):
         for conv, s in zip(self.convs, self.strides, strict=True):
             h = conv(h).relu()  # (N, C, L_i, F_i)
             lengths = subsampled_lengths(lengths, [s])
-            keep = _frames(lengths.to(h.device), h.size(2))  # (N, L_i)
+            keep = _frame_mask(lengths.to(h.device), h.size(2))  # (N, L_i)
             h = h * keep[:, None, :, None].to(h.dtype)  # zero past each length
         n, c, length, f = h.shape
         y = h.permute(0, 2, 1, 3).reshape(n, length, c * f)  # (N, L', C*F')
         y = self.dropout(self.proj(y))  # (N, L', E)
-        return y * _frames(lengths.to(y.device), length)[:, :, None].to(y.dtype), lengths
+        return y * _frame_mask(lengths.to(y.device), length)[:, :, None].to(y.dtype), lengths
 
-
-def _frames(lengths: Tensor, length: int) -> Tensor:
-    return torch.arange(length, device=lengths.device)[None, :] < lengths[:, None]

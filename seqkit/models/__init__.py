@@ -8,12 +8,17 @@ head's ``task`` attribute.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from torch import nn
 
-__all__ = ["Prepared"]
+if TYPE_CHECKING:
+    from ..recipe import Recipe
+
+__all__ = ["Prepared", "length_groups", "load_splits", "recipe_base"]
 
 
 @dataclass
@@ -24,3 +29,34 @@ class Prepared:
     test_batches: Optional[Sequence[Any]]
     # more test metrics (e.g. other test sets), computed with the best weights after the test split
     extra_eval: Optional[Callable[[nn.Module], dict[str, Any]]] = None
+
+
+def recipe_base(recipe: "Recipe") -> Path:
+    """The folder that a recipe's relative data paths are read from: the recipe file's own."""
+    return Path(recipe.source).parent if recipe.source not in ("", "<defaults>") else Path.cwd()
+
+
+def load_splits(recipe: "Recipe") -> dict[str, Any]:
+    """The recipe's data splits, from the dataset provider it names."""
+    from .. import registry
+
+    provider = registry.datasets.get(recipe.data.dataset, where=f"{recipe.source}: data.dataset")
+    return provider(recipe.data, base=recipe_base(recipe))
+
+
+def length_groups(lengths: Sequence[int], batch_size: int, seed: Optional[int] = None) -> list[list[int]]:
+    """Index groups of similar length: sorted when ``seed`` is None (evaluation), else shuffled
+    deterministically, sorted within pools of 50 batches, and the batches shuffled again."""
+    order = list(range(len(lengths)))
+    if seed is None:
+        order.sort(key=lambda i: lengths[i])
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = random.Random(seed)
+    rng.shuffle(order)
+    pool = batch_size * 50  # sort within pools so that batches vary between epochs
+    groups = []
+    for p in range(0, len(order), pool):
+        chunk = sorted(order[p: p + pool], key=lambda i: lengths[i])
+        groups += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(groups)
+    return groups

@@ -7,7 +7,6 @@ Shape legend: N batch, L frames, F mel bins, E front-end features, C output unit
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union, overload
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 from .. import registry
@@ -26,7 +26,7 @@ from ..features.audio import AudioInput, Fbank, Normalizer, SpecAugment, as_wave
 from ..features.frontend import ConvSubsampler
 from ..heads.ctc import CTCVocab, error_rates
 from ..recipe import Recipe
-from . import Prepared
+from . import Prepared, length_groups, load_splits, recipe_base
 
 __all__ = ["SpeechBatch", "SpeechModel", "build_model", "evaluate_data", "load_splits", "prepare"]
 
@@ -55,16 +55,15 @@ class SpeechBatch:
 
 def collate(feats: Sequence[Tensor], targets: Optional[Sequence[list[int]]], texts: Sequence[str],
             index: list[int]) -> SpeechBatch:
+    """Pad features (on their own device) and targets into one batch."""
     lengths = torch.tensor([f.size(0) for f in feats], dtype=torch.long)
-    x = torch.zeros(len(feats), int(lengths.max()), feats[0].size(1))  # (N, L, F)
-    for i, f in enumerate(feats):
-        x[i, : f.size(0)] = f
+    x = pad_sequence(list(feats), batch_first=True)  # (N, L, F)
     tgt = tlen = None
     if targets is not None:
         tlen = torch.tensor([len(t) for t in targets], dtype=torch.long)
-        tgt = torch.zeros(len(targets), max(int(tlen.max()), 1), dtype=torch.long)  # (N, S)
-        for i, t in enumerate(targets):
-            tgt[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+        tgt = pad_sequence([torch.tensor(t, dtype=torch.long) for t in targets], batch_first=True)  # (N, S)
+        if tgt.size(1) == 0:
+            tgt = torch.zeros(len(targets), 1, dtype=torch.long)
     return SpeechBatch(x, lengths, tgt, tlen, list(texts), index)
 
 
@@ -89,19 +88,7 @@ class Batches(Sequence[SpeechBatch]):
 def make_batches(feats: Sequence[Tensor], targets: Optional[Sequence[list[int]]], texts: Sequence[str],
                  batch_size: int, *, seed: Optional[int] = None) -> Batches:
     """Batches of similar duration; shuffled deterministically when ``seed`` is set."""
-    order = list(range(len(feats)))
-    if seed is None:
-        order.sort(key=lambda i: feats[i].size(0))
-        groups = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    else:
-        rng = random.Random(seed)
-        rng.shuffle(order)
-        pool = batch_size * 50  # sort within pools so that batches vary between epochs
-        groups = []
-        for p in range(0, len(order), pool):
-            chunk = sorted(order[p: p + pool], key=lambda i: feats[i].size(0))
-            groups += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
-        rng.shuffle(groups)
+    groups = length_groups([f.size(0) for f in feats], batch_size, seed)
     return Batches(groups, feats, targets, texts)
 
 
@@ -224,8 +211,8 @@ class SpeechModel(nn.Module):
     def _transcribe_group(self, group: list[int], waves: dict[int, Tensor], results: list[dict[str, Any]],
                           beam: int, device: torch.device) -> None:
         started = time.perf_counter()
-        feats = [self.fbank(waves[i].to(device)).cpu() for i in group]
-        texts = self.decode(collate(feats, None, [""] * len(group), group).to(device), beam)
+        feats = [self.fbank(waves[i].to(device)) for i in group]
+        texts = self.decode(collate(feats, None, [""] * len(group), group), beam)
         spent = time.perf_counter() - started
         total = sum(waves[i].numel() for i in group)
         for i, text in zip(group, texts, strict=True):
@@ -234,16 +221,6 @@ class SpeechModel(nn.Module):
 
 
 # -- the task interface used by seqkit.build ------------------------------------------------
-
-
-def _base(recipe: Recipe) -> Path:
-    return Path(recipe.source).parent if recipe.source not in ("", "<defaults>") else Path.cwd()
-
-
-def load_splits(recipe: Recipe) -> dict[str, SpeechCorpus]:
-    """The recipe's data splits from its provider (synth-speech builds or reuses its cache)."""
-    provider = registry.datasets.get(recipe.data.dataset, where=f"{recipe.source}: data.dataset")
-    return provider(recipe.data, base=_base(recipe))
 
 
 def _features(model: SpeechModel, corpus: SpeechCorpus, log: Callable[[str], None],
@@ -280,7 +257,7 @@ def _lexicon(recipe: Recipe, vocab_dir: Optional[Path], train_texts: Sequence[st
         return words
     elif recipe.head.lexicon:
         path = Path(recipe.head.lexicon).expanduser()
-        path = path if path.is_absolute() else _base(recipe) / path
+        path = path if path.is_absolute() else recipe_base(recipe) / path
         if not path.is_file():
             raise RecipeError(f"{recipe.source}: head.lexicon: file not found: {path}")
         if kept is not None:
@@ -368,8 +345,7 @@ def evaluate_data(model: SpeechModel, data: Optional[Path], *, batch_size: int =
     if not corpus.utterances:
         raise SeqkitError(f"{corpus.path}: no utterances to evaluate")
     paths: list[AudioInput] = [u.audio for u in corpus.utterances]
-    batch = min(batch_size, 32)
-    greedy = model.transcribe(paths, batch_size=batch, errors="skip")
+    greedy = model.transcribe(paths, batch_size=batch_size, errors="skip")
     ok = [i for i, r in enumerate(greedy) if r["text"] is not None]
     if not ok:
         raise DataError(f"{corpus.path}: none of the {len(paths)} audio files could be read")
@@ -377,7 +353,7 @@ def evaluate_data(model: SpeechModel, data: Optional[Path], *, batch_size: int =
     metrics: dict[str, Any] = error_rates(refs, [greedy[i]["text"] for i in ok])
     beam = model.recipe.head.beam_size
     if beam > 0:
-        beamed = model.transcribe([paths[i] for i in ok], beam=beam, batch_size=batch, errors="skip")
+        beamed = model.transcribe([paths[i] for i in ok], beam=beam, batch_size=batch_size, errors="skip")
         scores = error_rates(refs, [r["text"] or "" for r in beamed])
         metrics.update(cer_beam=scores["cer"], wer_beam=scores["wer"], beam_size=beam)
     audio_s = sum(greedy[i]["duration_s"] for i in ok)

@@ -5,13 +5,13 @@ Shape legend: N batch, L length, E embedding features.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from .. import registry
 from ..data.conll import read_conll
@@ -22,7 +22,7 @@ from ..heads.scheme import detect_scheme
 from ..heads.tagger import IGNORE
 from ..metrics.spans import span_scores, spans
 from ..recipe import Recipe
-from . import Prepared
+from . import Prepared, length_groups, load_splits
 
 __all__ = ["TagBatch", "TaggingModel", "build_model", "evaluate_data", "make_batches", "normalise_tags", "prepare"]
 
@@ -48,12 +48,9 @@ class TagBatch:
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
-    width = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), width), value, dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    return out
+    if not rows:
+        return torch.zeros(0, 0, dtype=torch.long)
+    return pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True, padding_value=value)
 
 
 def collate(ids: Sequence[list[int]], bigrams: Optional[Sequence[list[int]]],
@@ -76,19 +73,7 @@ def make_batches(
     seed: Optional[int] = None,
 ) -> list[TagBatch]:
     """Batches of similar length (little padding); shuffled deterministically when ``seed`` is set."""
-    order = list(range(len(ids)))
-    if seed is None:
-        order.sort(key=lambda i: len(ids[i]))
-        groups = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    else:
-        rng = random.Random(seed)
-        rng.shuffle(order)
-        pool = batch_size * 50  # sort within pools so batches vary between epochs
-        groups = []
-        for p in range(0, len(order), pool):
-            chunk = sorted(order[p : p + pool], key=lambda i: len(ids[i]))
-            groups += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-        rng.shuffle(groups)
+    groups = length_groups([len(r) for r in ids], batch_size, seed)
     pick = lambda seq, g: None if seq is None else [seq[i] for i in g]  # noqa: E731
     return [collate(pick(ids, g), pick(bigrams, g), pick(tags, g), g) for g in groups]
 
@@ -210,12 +195,6 @@ def _tokens_with_offsets(text: str, tokenize: str) -> tuple[list[str], list[tupl
 # -- the task interface used by seqkit.build ------------------------------------------------
 
 
-def _load_splits(recipe: Recipe) -> dict[str, Any]:
-    provider = registry.datasets.get(recipe.data.dataset, where=f"{recipe.source}: data.dataset")
-    base = Path(recipe.source).parent if recipe.source not in ("", "<defaults>") else Path.cwd()
-    return provider(recipe.data, base=base)
-
-
 def _scheme(recipe: Recipe, tags: Iterable[str]) -> str:
     return recipe.head.scheme if recipe.head.scheme != "auto" else detect_scheme(tags)
 
@@ -237,7 +216,7 @@ def _chunk(sentences, max_length: int):
 
 def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     """Data, vocabulary (built once, kept in ``run_dir/vocab``), model and batches of a recipe."""
-    splits = _load_splits(recipe)
+    splits = load_splits(recipe)
     train = splits["train"].sentences
     if not train:
         raise SeqkitError(f"{splits['train'].path}: no training sentences")
@@ -288,7 +267,7 @@ def build_model(recipe: Recipe, run_dir: Path) -> TaggingModel:
 
 def evaluate_data(model: TaggingModel, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
     """Span metrics on a CoNLL file, or on the recipe's test split; gold tags unseen in training count."""
-    corpus = read_conll(data) if data is not None else _load_splits(model.recipe)["test"]
+    corpus = read_conll(data) if data is not None else load_splits(model.recipe)["test"]
     if not corpus.sentences:
         raise SeqkitError(f"{corpus.path}: no sentences to evaluate")
     results = model.tag([words for words, _ in corpus.sentences], batch_size=batch_size)
