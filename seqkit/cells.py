@@ -171,14 +171,6 @@ class LSTMCell(_GatedCell):
         z = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
         return (z, z.clone())
 
-    def forward_projected(self, xp, state):
-        h, c = state
-        gates = xp + nn.functional.linear(h, self.weight_hh, self.bias_hh)  # (N, 4H)
-        i, f, g, o = gates.chunk(4, dim=-1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, (h, c)
-
     def gates(self, xp, hp, state):
         h, c = state
         pre = xp + hp  # (N, 4H): i, f, g, o
@@ -196,17 +188,6 @@ class GRUCell(_GatedCell):
 
     fused = "gru"
     num_gates = 3
-
-    def forward_projected(self, xp, state):
-        (h,) = state
-        hp = nn.functional.linear(h, self.weight_hh, self.bias_hh)  # (N, 3H)
-        xr, xz, xn = xp.chunk(3, dim=-1)
-        hr, hz, hn = hp.chunk(3, dim=-1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        h = (1 - z) * n + z * h
-        return h, (h,)
 
     def gates(self, xp, hp, state):
         (h,) = state

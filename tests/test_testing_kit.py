@@ -61,6 +61,9 @@ class LyingHints(LSTMCell):
 
     fused = None
 
+    def forward_projected(self, xp, state):  # the true step, written out on its own
+        return LSTMCell.gates(self, xp, torch.nn.functional.linear(state[0], self.weight_hh, self.bias_hh), state)
+
     def gates(self, xp, hp, state):
         h, (h2, c) = super().gates(xp, hp, state)
         return h * 0.5, (h2 * 0.5, c)
