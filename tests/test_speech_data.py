@@ -129,3 +129,21 @@ def test_synth_speech_is_deterministic_cached_and_held_out(tmp_path, monkeypatch
     monkeypatch.setattr(speech, "_render", lambda *a: pytest.fail("rendered again"))
     cached = speech.synth_provider(recipe.data, base=tmp_path)
     assert [u.audio for u in cached["train"].utterances] == [u.audio for u in train]
+
+
+@needs_espeak
+def test_test_split_alone_renders_only_its_own_audio(tmp_path):
+    # What `seqkit evaluate RUN` does on a machine without the training audio.
+    from seqkit.models import load_splits
+
+    full = speech.synth_provider(_recipe(tmp_path / "full").data, base=tmp_path)
+    recipe = _recipe(tmp_path / "alone")
+    alone = load_splits(recipe, ["test"])
+    assert set(alone) == {"test"}
+    built = sorted(p.name.split("-")[0] for p in (tmp_path / "alone" / "cache" / "synth-speech").iterdir())
+    assert built == ["test"]
+    a, b = full["test"].utterances, alone["test"].utterances
+    assert [u.text for u in a] == [u.text for u in b] and [u.info for u in a] == [u.info for u in b]
+    assert all(np.array_equal(soundfile.read(str(x.audio))[0], soundfile.read(str(y.audio))[0])
+               for x, y in zip(a, b, strict=True))
+    assert set(load_splits(recipe)) == {"train", "valid", "test"}  # everything, when asked for all

@@ -21,7 +21,7 @@ import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Collection, Optional
 
 import soundfile
 from tqdm import tqdm
@@ -359,9 +359,13 @@ def _build_split(split: str, folder: Path, plan: list[dict[str, Any]], jobs: int
     return SpeechCorpus(utts, str(folder / "manifest.jsonl"))
 
 
-def synth_provider(data: DataConfig, *, base: Path) -> dict[str, SpeechCorpus]:
+def synth_provider(data: DataConfig, *, base: Path,
+                   splits: Optional[Collection[str]] = None) -> dict[str, SpeechCorpus]:
     """Real text (KJV verses or fortunes) read aloud by espeak-ng voices x variants x speeds x
-    pitches, cached as 16 kHz FLAC with a manifest per split; see :class:`SynthConfig`."""
+    pitches, cached as 16 kHz FLAC with a manifest per split; see :class:`SynthConfig`.
+
+    ``splits`` builds (and returns) only those splits, e.g. ``("test",)`` for an evaluation
+    on a machine whose cache lacks the training audio; their audio is the same either way."""
     cfg, counts = data.synth, _counts(data)
     if cfg.min_words < 1 or cfg.max_words < cfg.min_words:
         raise RecipeError(f"data.synth: need 1 <= min_words <= max_words, got {cfg.min_words}..{cfg.max_words}")
@@ -370,6 +374,9 @@ def synth_provider(data: DataConfig, *, base: Path) -> dict[str, SpeechCorpus]:
     sentences: Optional[list[tuple[str, str]]] = None
     start = 0
     for split in _SPLITS:
+        if splits is not None and split not in splits:
+            start += max(counts[split], 0)
+            continue
         if counts[split] <= 0:
             if split != "flite":
                 out[split] = SpeechCorpus([], "<none>")
@@ -387,7 +394,7 @@ def synth_provider(data: DataConfig, *, base: Path) -> dict[str, SpeechCorpus]:
             jobs = cfg.jobs or os.cpu_count() or 1
             out[split] = _build_split(split, dirs[split], _plan(split, pool, counts[split], cfg.seed), jobs)
         start += counts[split]
-    if cfg.librivox:
+    if cfg.librivox and (splits is None or "librivox" in splits):
         out["librivox"] = librivox_corpus()
     return out
 

@@ -8,6 +8,7 @@ head's ``task`` attribute.
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +37,15 @@ def recipe_base(recipe: "Recipe") -> Path:
     return Path(recipe.source).parent if recipe.source not in ("", "<defaults>") else Path.cwd()
 
 
-def load_splits(recipe: "Recipe") -> dict[str, Any]:
-    """The recipe's data splits, from the dataset provider it names."""
+def load_splits(recipe: "Recipe", splits: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """The recipe's data splits, from the dataset provider it names.  With ``splits``, a
+    provider that takes a ``splits`` argument (like ``synth-speech``, which renders its audio)
+    builds only those; any other provider returns all of its splits as usual."""
     from .. import registry
 
     provider = registry.datasets.get(recipe.data.dataset, where=f"{recipe.source}: data.dataset")
+    if splits is not None and "splits" in inspect.signature(provider).parameters:
+        return provider(recipe.data, base=recipe_base(recipe), splits=tuple(splits))
     return provider(recipe.data, base=recipe_base(recipe))
 
 

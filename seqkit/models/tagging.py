@@ -267,7 +267,7 @@ def build_model(recipe: Recipe, run_dir: Path) -> TaggingModel:
 
 def evaluate_data(model: TaggingModel, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
     """Span metrics on a CoNLL file, or on the recipe's test split; gold tags unseen in training count."""
-    corpus = read_conll(data) if data is not None else load_splits(model.recipe)["test"]
+    corpus = read_conll(data) if data is not None else load_splits(model.recipe, ["test"])["test"]
     if not corpus.sentences:
         raise SeqkitError(f"{corpus.path}: no sentences to evaluate")
     results = model.tag([words for words, _ in corpus.sentences], batch_size=batch_size)
