@@ -63,6 +63,7 @@ class FeaturesConfig:
     time_masks: int = 2  # masks per utterance across time ...
     time_mask_width: int = 40  # ... each up to this many 10 ms frames ...
     time_mask_fraction: float = 0.15  # ... and up to this fraction of the utterance
+    vtlp: float = 0.0  # training only: warp each utterance's frequency axis by a factor in 1 +- vtlp
     subsampling: int = 4  # time subsampling of the conv front-end: 1, 2, 4 (<= 2**conv_layers)
     conv_layers: int = 2  # 3x3 conv layers, each halving the mel axis
     conv_channels: int = 32
@@ -76,7 +77,10 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 0.0
-    lr_decay: float = 1.0  # multiply the learning rate by this after each epoch
+    lr_decay: float = 1.0  # lr_schedule exponential: multiply the learning rate by this after each epoch
+    lr_schedule: Literal["exponential", "cosine"] = "exponential"  # cosine: per step from lr down to min_lr
+    min_lr: float = 0.0  # where the cosine schedule ends, at the last step
+    warmup_steps: int = 0  # ramp the learning rate up linearly over the first steps
     clip_grad_norm: float = 5.0
     seed: int = 1
     patience: int = 0  # epochs without improvement before stopping; 0: never stop early

@@ -37,8 +37,8 @@ from .recipe import TrainConfig
 __all__ = ["Trainer", "build_optimizer"]
 
 # Changing any of these between the interrupted run and --resume changes the result.
-_RESUME_SENSITIVE = ("seed", "batch_size", "optimizer", "lr", "lr_decay", "weight_decay",
-                     "clip_grad_norm", "max_length")
+_RESUME_SENSITIVE = ("seed", "batch_size", "optimizer", "lr", "lr_decay", "lr_schedule", "min_lr",
+                     "warmup_steps", "weight_decay", "clip_grad_norm", "max_length")
 
 
 @dataclass
@@ -111,6 +111,7 @@ class Trainer:
         self._t0 = time.perf_counter()
         self._window_t0 = self._t0
         self._items = 0
+        self._steps_per_epoch = 0
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast for forward and loss when ``precision: bf16`` (backward runs outside it)."""
@@ -164,10 +165,9 @@ class Trainer:
                 return "max_steps"
             if self._patience_exhausted():
                 return "early_stopping"
-            for group in self.optimizer.param_groups:
-                group["lr"] = config.lr * config.lr_decay ** st.epoch
             with preserved_rng():  # batching must not shift the RNG stream dropout uses
                 batches = self.train_batches(st.epoch)
+            self._steps_per_epoch = len(batches)
             outcome = self._train_epoch(batches)
             if outcome == "interrupted":
                 self._save_last()
@@ -222,6 +222,9 @@ class Trainer:
     def _step(self, batch: Any) -> tuple[float, int]:
         """One optimizer step on ``batch``; return its loss and item count."""
         batch = batch.to(self.device)
+        lr = self.learning_rate(self.state.step, self.state.epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.model.train()
         with self._autocast():
             loss = self.model.loss(batch)
@@ -240,6 +243,25 @@ class Trainer:
         self.optimizer.step()
         self.state.step += 1
         return value, int(batch.num_items)
+
+    def learning_rate(self, step: int, epoch: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based) in epoch ``epoch`` (0-based).
+
+        ``exponential``: ``lr * lr_decay ** epoch``.  ``cosine``: from ``lr`` at step 0 down to
+        ``min_lr`` at the last step (``epochs`` times the batches of an epoch; ``max_steps`` only
+        stops training early, so a run stopped there and resumed follows the same schedule).
+        Either way ``warmup_steps`` ramps it up linearly first.
+        """
+        config = self.config
+        if config.lr_schedule == "cosine":
+            total = config.epochs * max(self._steps_per_epoch, 1)  # max_steps is a stop, not the length
+            progress = min(step / max(total - 1, 1), 1.0)
+            lr = config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:
+            lr = config.lr * config.lr_decay ** epoch
+        if config.warmup_steps > 0 and step < config.warmup_steps:
+            lr *= (step + 1) / config.warmup_steps
+        return lr
 
     def _account(self, loss: float, items: int) -> None:
         """Accumulate loss and throughput, writing a "train" line every ``log_every`` steps."""
@@ -430,6 +452,18 @@ class Trainer:
 
 
 def _cpu_has_native_bf16() -> bool:
+    """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16).
+
+    oneDNN's own check also says yes on plain AVX-512, where it emulates bf16 slowly, so on
+    Linux the CPU flags decide; elsewhere oneDNN's answer is the best there is.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+        if flags is not None:
+            return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # an op this torch build lacks: assume not

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqkit.errors import DataError, RecipeError
-from seqkit.features.audio import Fbank, Normalizer, SpecAugment, as_waveform, read_audio
+from seqkit.features.audio import VTLP, Fbank, Normalizer, SpecAugment, as_waveform, read_audio
 from seqkit.features.frontend import ConvSubsampler
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
@@ -136,6 +136,39 @@ def test_specaugment_masks_in_training_only():
         assert width <= 2 * min(30, int(n * 0.2))
         assert not time_masked[row, n:].any()  # drawn inside the utterance
     assert masked.all(dim=1).any()  # some mel bins masked over a whole utterance
+
+
+def test_vtlp_moves_formants_with_the_warp_factor():
+    # a real tone's filter-bank peak, at about 1 kHz: an alpha > 1 (shorter vocal tract) moves it up
+    t = torch.arange(16000) / 16000
+    feats = Fbank(16000, 80)(torch.sin(2 * math.pi * 1000 * t))[None, 10:60]  # (1, 50, 80)
+    vtlp = VTLP(80, 16000, max_warp=0.15)
+    peak = int(feats[0].mean(0).argmax())
+    moved = {a: int(vtlp.warp(feats, torch.tensor([a]))[0].mean(0).argmax()) for a in (0.87, 1.0, 1.15)}
+    assert moved[1.0] == peak
+    assert moved[0.87] < peak < moved[1.15]
+    hz = float(vtlp.centres_hz[peak])
+    expected = int((vtlp.centres_hz - hz * 1.15).abs().argmin())  # below the 4.8 kHz knee: f -> alpha f
+    assert abs(moved[1.15] - expected) <= 1
+    # the Nyquist end stays put, and the warp keeps values inside the range they had
+    edge = vtlp.source_bins(torch.tensor([0.87, 1.15]))[:, -1]
+    assert edge.sub(79).abs().max() < 0.5
+    warped = vtlp.warp(feats, torch.tensor([1.15]))
+    assert feats.min() <= warped.min() and warped.max() <= feats.max()
+
+
+def test_vtlp_in_training_only_and_padding_stays_zero():
+    torch.manual_seed(0)
+    vtlp = VTLP(40, 16000, max_warp=0.1)
+    x = torch.randn(4, 30, 40)
+    x[2:, 20:] = 0  # padded frames
+    assert vtlp.eval()(x) is x
+    y = vtlp.train()(x)
+    assert not torch.equal(y, x)
+    assert bool((y[2:, 20:] == 0).all())
+    assert VTLP(40, 16000, max_warp=0.0).train()(x) is x
+    with pytest.raises(RecipeError, match="features.vtlp"):
+        VTLP(40, 16000, max_warp=0.7)
 
 
 @settings(max_examples=25, deadline=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 from dataclasses import dataclass
@@ -150,6 +151,24 @@ def test_resume_after_max_steps_is_exact(tmp_path: Path, reference) -> None:
     assert log_lines(tmp_path) == log_lines(ref_dir)
     best = [load_file(d / "checkpoints" / "best.safetensors") for d in (tmp_path, ref_dir)]
     assert same(*best)
+
+
+def test_cosine_schedule_with_warmup_resumes_exactly(tmp_path: Path) -> None:
+    options = dict(lr_schedule="cosine", min_lr=0.005, warmup_steps=3)
+    ref = make(tmp_path / "ref", **options)
+    result = ref.fit()
+    lrs = [line["lr"] for line in log_lines(tmp_path / "ref") if line["event"] == "train"]
+    assert len(lrs) == 18
+    cosine = [0.005 + 0.045 * 0.5 * (1 + math.cos(math.pi * k / 17)) for k in range(18)]
+    assert lrs[3:] == pytest.approx(cosine[3:])  # from lr down to min_lr at the last step
+    assert lrs[:3] == pytest.approx([cosine[k] * (k + 1) / 3 for k in range(3)])  # linear warmup
+    assert lrs[-1] == pytest.approx(0.005)
+    assert all(a > b for a, b in zip(lrs[3:], lrs[4:]))
+    # stopped by max_steps mid-epoch and resumed: the same schedule, the same weights
+    make(tmp_path / "cut", max_steps=8, **options).fit()
+    resumed = make(tmp_path / "cut", **options)
+    assert resumed.fit(resume=True) == result
+    assert same(weights(resumed), weights(ref))
 
 
 def test_mid_epoch_stop_keeps_epoch_end_best(tmp_path: Path) -> None:

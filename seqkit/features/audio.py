@@ -15,10 +15,10 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from ..errors import DataError
+from ..errors import DataError, RecipeError
 from ..recipe import FeaturesConfig
 
-__all__ = ["AudioInput", "Fbank", "Normalizer", "SpecAugment", "as_waveform", "read_audio"]
+__all__ = ["AudioInput", "Fbank", "Normalizer", "SpecAugment", "VTLP", "as_waveform", "read_audio"]
 
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]
 HOP_MS, WINDOW_MS = 10, 25
@@ -190,3 +190,67 @@ class SpecAugment(nn.Module):
                 keep &= ~((frames >= start[:, None]) & (frames < (start + width)[:, None]))
             x = x * keep.unsqueeze(-1)
         return x
+
+
+def _hz_to_mel(hz: Tensor) -> Tensor:
+    return 2595.0 * torch.log10(1.0 + hz / 700.0)  # the HTK scale of torchaudio's filter bank
+
+
+def _mel_to_hz(mel: Tensor) -> Tensor:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+class VTLP(nn.Module):
+    """Vocal tract length perturbation (Jaitly & Hinton, 2013) on log-mel features, in
+    training mode only; the identity in eval.
+
+    Each utterance draws a factor ``alpha`` in ``[1 - max_warp, 1 + max_warp]`` and its
+    frequency axis is warped piecewise linearly: ``f -> alpha f`` up to ``4800 min(alpha, 1)``
+    Hz, then a straight line to the Nyquist frequency, which stays put.  The warped spectrum
+    is read off the filter bank's own mel centres by linear interpolation between bins, so
+    features computed once can be warped differently in every epoch; a speaker-like change of
+    formant positions that the synthetic voices alone do not cover.
+
+    Inputs: ``x`` (N, L, F) log-mel, zero padded.  Outputs: (N, L, F).
+    """
+
+    boundary_hz = 4800.0
+
+    def __init__(self, n_mels: int, sample_rate: int = 16000, max_warp: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= max_warp < 0.5:
+            raise RecipeError(f"features.vtlp: expected a warp between 0 and 0.5 (0.1 is typical), got {max_warp}")
+        self.max_warp = max_warp
+        self.nyquist = sample_rate / 2
+        top = _hz_to_mel(torch.tensor(self.nyquist, dtype=torch.float64))
+        edges = torch.linspace(0.0, float(top), n_mels + 2, dtype=torch.float64)
+        self.mel_step = float(edges[1] - edges[0])
+        self.register_buffer("centres_hz", _mel_to_hz(edges[1:-1]), persistent=False)  # float64: exact bins
+
+    def source_bins(self, alpha: Tensor) -> Tensor:
+        """(N, F) fractional bin each output bin reads from, for warp factors ``alpha`` (N,)."""
+        g = self.centres_hz[None, :]  # (1, F) output frequencies
+        a = alpha[:, None].to(g.dtype)  # (N, 1), float64
+        knee = self.boundary_hz * a.clamp(max=1.0)  # the warped frequency of the knee
+        low = g / a  # invert f -> alpha f
+        src_knee = knee / a
+        high = self.nyquist - (self.nyquist - g) * (self.nyquist - src_knee) / (self.nyquist - knee)
+        src = torch.where(g <= knee, low, high).clamp(0.0, self.nyquist)
+        return _hz_to_mel(src) / self.mel_step - 1.0  # centre k sits at (k + 1) mel steps
+
+    def warp(self, x: Tensor, alpha: Tensor) -> Tensor:
+        """``x`` (N, L, F) warped by factors ``alpha`` (N,)."""
+        pos = self.source_bins(alpha.to(x.device)).clamp(0.0, x.size(-1) - 1.0).round(decimals=6)  # (N, F)
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=x.size(-1) - 1)
+        w = (pos - lo.to(pos.dtype)).to(x.dtype)[:, None, :]  # (N, 1, F)
+        shape = (x.size(0), x.size(1), x.size(2))
+        x_lo = x.gather(2, lo[:, None, :].expand(shape))
+        x_hi = x.gather(2, hi[:, None, :].expand(shape))
+        return x_lo + (x_hi - x_lo) * w
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.max_warp <= 0:
+            return x
+        alpha = 1.0 + (torch.rand(x.size(0), device=x.device) * 2.0 - 1.0) * self.max_warp
+        return self.warp(x, alpha)

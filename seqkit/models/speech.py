@@ -22,7 +22,7 @@ from .. import registry
 from ..data.speech import SpeechCorpus, read_manifest
 from ..encoder import Encoder
 from ..errors import DataError, RecipeError, SeqkitError
-from ..features.audio import AudioInput, Fbank, Normalizer, SpecAugment, as_waveform, read_audio
+from ..features.audio import VTLP, AudioInput, Fbank, Normalizer, SpecAugment, as_waveform, read_audio
 from ..features.frontend import ConvSubsampler
 from ..heads.ctc import CTCVocab, error_rates
 from ..recipe import Recipe
@@ -108,6 +108,7 @@ class SpeechModel(nn.Module):
         self.recipe = recipe
         self.vocab = vocab
         self.fbank = Fbank(f.sample_rate, f.n_mels)
+        self.vtlp = VTLP(f.n_mels, f.sample_rate, f.vtlp)
         self.normalize = Normalizer(f.n_mels, f.normalize)
         self.augment = SpecAugment.from_config(f)
         self.frontend = ConvSubsampler(f.n_mels, enc.hidden_size, subsampling=f.subsampling,
@@ -123,7 +124,8 @@ class SpeechModel(nn.Module):
 
     def encode(self, batch: SpeechBatch) -> tuple[Tensor, Tensor]:
         """Encoder output (N, L', D*H) and its lengths (N,)."""
-        x = self.normalize(batch.feats, batch.lengths)  # (N, L, F)
+        x = self.vtlp(batch.feats)  # training only
+        x = self.normalize(x, batch.lengths)  # (N, L, F)
         x = self.augment(x, batch.lengths)
         x, lengths = self.frontend(x, batch.lengths)  # (N, L', E)
         out, _ = self.encoder(x, lengths)
@@ -140,11 +142,19 @@ class SpeechModel(nn.Module):
         return self.head.beam(log_probs, lengths, beam) if beam > 0 else self.head.greedy(log_probs, lengths)
 
     def evaluate(self, batches: Iterable[SpeechBatch], beam: int = 0) -> dict[str, Any]:
-        refs, hyps = [], []
+        return self.evaluate_beams(batches, [beam])[beam]
+
+    def evaluate_beams(self, batches: Iterable[SpeechBatch], beams: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Scores per beam width (0: greedy) from one encoder pass over ``batches``."""
+        refs: list[str] = []
+        hyps: dict[int, list[str]] = {b: [] for b in beams}
         for batch in batches:
             refs += batch.texts
-            hyps += self.decode(batch, beam)
-        return {**error_rates(refs, hyps), "utterances": len(refs)}
+            out, lengths = self.encode(batch)
+            log_probs = self.head.log_probs(out)  # (N, L', C)
+            for b in hyps:
+                hyps[b] += self.head.beam(log_probs, lengths, b) if b > 0 else self.head.greedy(log_probs, lengths)
+        return {b: {**error_rates(refs, hyps[b]), "utterances": len(refs)} for b in hyps}
 
     @overload
     def transcribe(self, audio: AudioInput, *, sample_rate: Optional[int] = None, beam: int = 0,
@@ -323,10 +333,10 @@ def _report(model: SpeechModel, test: Optional[Batches], extras: dict[str, Batch
         scores = model.evaluate((b.to(device) for b in test), beam=beam)
         out.update(cer_beam=scores["cer"], wer_beam=scores["wer"], beam_size=beam)
     for name, batches in extras.items():
-        scores = model.evaluate(b.to(device) for b in batches)
+        both = model.evaluate_beams((b.to(device) for b in batches), [0, beam] if beam > 0 else [0])
+        scores = both[0]
         if beam > 0:
-            more = model.evaluate((b.to(device) for b in batches), beam=beam)
-            scores.update(cer_beam=more["cer"], wer_beam=more["wer"])
+            scores.update(cer_beam=both[beam]["cer"], wer_beam=both[beam]["wer"])
         out[name] = scores
     return out
 
@@ -341,7 +351,7 @@ def build_model(recipe: Recipe, run_dir: Path) -> SpeechModel:
 def evaluate_data(model: SpeechModel, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
     """CER/WER (greedy, and beam search when the recipe sets head.beam_size) on a JSONL
     manifest, or on the recipe's test split.  Unreadable files are listed and left out."""
-    corpus = read_manifest(data) if data is not None else load_splits(model.recipe)["test"]
+    corpus = read_manifest(data) if data is not None else load_splits(model.recipe, ["test"])["test"]
     if not corpus.utterances:
         raise SeqkitError(f"{corpus.path}: no utterances to evaluate")
     paths: list[AudioInput] = [u.audio for u in corpus.utterances]
