@@ -154,10 +154,11 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: boo
     if summary.get("stopped") == "interrupted":
         raise Interrupted(f"interrupted; continue with: seqkit recipe run {recipe.source} --out {out} --resume")
     metrics: dict[str, Any] = {}
-    if prepared.test_batches:
+    if prepared.final_eval is not None:
+        trainer.restore("best")
+        metrics.update(prepared.final_eval(trainer.model))
+    elif prepared.test_batches:
         metrics.update(trainer.evaluate(prepared.test_batches, checkpoint="best"))
-    if prepared.extra_eval is not None:  # the best weights are loaded when there is a test split
-        metrics.update(prepared.extra_eval(trainer.model))
     metrics.update({
         "stopped": summary.get("stopped"), "steps": summary.get("steps"), "epochs": summary.get("epochs"),
         "best_valid": summary.get("best"), "device": str(device), "threads": torch.get_num_threads(),

@@ -332,11 +332,15 @@ class Trainer:
             self.model.train(was_training)
         return _as_numbers(metrics)
 
-    def evaluate(self, batches: Iterable[Any], *, checkpoint: str = "best") -> dict[str, float]:
-        """Load the ``best``/``last`` checkpoint if it exists, then evaluate ``batches``."""
+    def restore(self, checkpoint: str = "best") -> None:
+        """Load the weights of the ``best``/``last`` checkpoint into the model, if it exists."""
         path = self.checkpoint_path(checkpoint)
         if path.exists():
             load_checkpoint(path, self.model)
+
+    def evaluate(self, batches: Iterable[Any], *, checkpoint: str = "best") -> dict[str, float]:
+        """Load the ``best``/``last`` checkpoint if it exists, then evaluate ``batches``."""
+        self.restore(checkpoint)
         return self._evaluate(batches)
 
     def _checkpoint_meta(self) -> dict:

@@ -247,7 +247,7 @@ class VTLP(nn.Module):
         shape = (x.size(0), x.size(1), x.size(2))
         x_lo = x.gather(2, lo[:, None, :].expand(shape))
         x_hi = x.gather(2, hi[:, None, :].expand(shape))
-        return x_lo + (x_hi - x_lo) * w
+        return torch.lerp(x_lo, x_hi, w)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.max_warp <= 0:

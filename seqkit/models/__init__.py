@@ -28,8 +28,9 @@ class Prepared:
     train_batches: Callable[[int], Sequence[Any]]  # epoch -> batches, deterministic
     valid_batches: Optional[Sequence[Any]]
     test_batches: Optional[Sequence[Any]]
-    # more test metrics (e.g. other test sets), computed with the best weights after the test split
-    extra_eval: Optional[Callable[[nn.Module], dict[str, Any]]] = None
+    # the final evaluation with the best weights, when the task has more to report than
+    # ``model.evaluate(test_batches)`` (beam search, other test sets); it then replaces that
+    final_eval: Optional[Callable[[nn.Module], dict[str, Any]]] = None
 
 
 def recipe_base(recipe: "Recipe") -> Path:

@@ -137,9 +137,14 @@ class SpeechModel(nn.Module):
         return self.head.loss(out, lengths, batch.targets, batch.target_lengths)
 
     def decode(self, batch: SpeechBatch, beam: int = 0) -> list[str]:
+        return self.decode_beams(batch, [beam])[beam]
+
+    def decode_beams(self, batch: SpeechBatch, beams: Sequence[int]) -> dict[int, list[str]]:
+        """Texts per beam width (0: greedy), all from one encoder pass."""
         out, lengths = self.encode(batch)
         log_probs = self.head.log_probs(out)  # (N, L', C)
-        return self.head.beam(log_probs, lengths, beam) if beam > 0 else self.head.greedy(log_probs, lengths)
+        return {b: self.head.beam(log_probs, lengths, b) if b > 0 else self.head.greedy(log_probs, lengths)
+                for b in beams}
 
     def evaluate(self, batches: Iterable[SpeechBatch], beam: int = 0) -> dict[str, Any]:
         return self.evaluate_beams(batches, [beam])[beam]
@@ -150,10 +155,8 @@ class SpeechModel(nn.Module):
         hyps: dict[int, list[str]] = {b: [] for b in beams}
         for batch in batches:
             refs += batch.texts
-            out, lengths = self.encode(batch)
-            log_probs = self.head.log_probs(out)  # (N, L', C)
-            for b in hyps:
-                hyps[b] += self.head.beam(log_probs, lengths, b) if b > 0 else self.head.greedy(log_probs, lengths)
+            for b, texts in self.decode_beams(batch, list(hyps)).items():
+                hyps[b] += texts
         return {b: {**error_rates(refs, hyps[b]), "utterances": len(refs)} for b in hyps}
 
     @overload
@@ -314,30 +317,32 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     extras = {k: make_batches(d[0], None, d[1], cfg.eval_batch_size) for k, d in data.items()
               if k not in ("train", "valid", "test")}
 
-    def extra_eval(trained: nn.Module) -> dict[str, Any]:
+    def final_eval(trained: nn.Module) -> dict[str, Any]:
         assert isinstance(trained, SpeechModel)
         return _report(trained, held["test"], extras, recipe.head.beam_size)
 
     return Prepared(model, lambda epoch: make_batches(feats, targets, texts, cfg.batch_size,
                                                       seed=cfg.seed * 1000 + epoch),
-                    held["valid"], held["test"], extra_eval=extra_eval)
+                    held["valid"], held["test"], final_eval=final_eval)
 
 
 @torch.no_grad()
 def _report(model: SpeechModel, test: Optional[Batches], extras: dict[str, Batches], beam: int) -> dict[str, Any]:
-    """Beam-search scores on the test split, and greedy (plus beam) scores on each extra split."""
+    """Greedy (and beam-search) scores on the test split, then on each extra split under its
+    name; one encoder pass per split."""
     model.eval()
     device = next(model.parameters()).device
+    beams = [0, beam] if beam > 0 else [0]
     out: dict[str, Any] = {}
-    if test is not None and beam > 0:
-        scores = model.evaluate((b.to(device) for b in test), beam=beam)
-        out.update(cer_beam=scores["cer"], wer_beam=scores["wer"], beam_size=beam)
-    for name, batches in extras.items():
-        both = model.evaluate_beams((b.to(device) for b in batches), [0, beam] if beam > 0 else [0])
-        scores = both[0]
+    for name, batches in (({"test": test} if test is not None else {}) | extras).items():
+        scores = model.evaluate_beams((b.to(device) for b in batches), beams)
+        result = scores[0]
         if beam > 0:
-            scores.update(cer_beam=both[beam]["cer"], wer_beam=both[beam]["wer"])
-        out[name] = scores
+            result.update(cer_beam=scores[beam]["cer"], wer_beam=scores[beam]["wer"])
+        if name == "test":
+            out.update(result, **({"beam_size": beam} if beam > 0 else {}))
+        else:
+            out[name] = result
     return out
 
 
