@@ -84,6 +84,7 @@ class TrainConfig:
     clip_grad_norm: float = 5.0
     seed: int = 1
     patience: int = 0  # epochs without improvement before stopping; 0: never stop early
+    average_last: int = 0  # at the end, average the weights of up to this many last epochs; 0/1: off
     checkpoint_every: int = 500  # steps between 'last' checkpoints (besides each epoch end)
     log_every: int = 50
     eval_batch_size: int = 128

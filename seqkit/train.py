@@ -9,6 +9,12 @@ Run folder::
     run_dir/metrics.jsonl                 one JSON object per line ("train" / "valid" events)
     run_dir/checkpoints/last.safetensors  (+ .json) everything needed to resume
     run_dir/checkpoints/best.safetensors  (+ .json) weights with the best monitored metric
+    run_dir/checkpoints/epoch-N.safetensors   weights after epoch N, the last ``average_last`` only
+    run_dir/checkpoints/best-epoch.safetensors  the best single epoch, when an average replaced it
+
+With ``average_last: N`` the weights of the last 2..N epochs are averaged once training has
+finished (Polyak averaging of epoch snapshots, as ESPnet and NeMo do for ASR); the average that
+validates best replaces ``best`` if it beats the best single epoch.
 """
 
 from __future__ import annotations
@@ -97,6 +103,8 @@ class Trainer:
         self.progress = progress
         self.meta = dict(meta or {})
         self.optimizer = build_optimizer(self.model, config)
+        if config.average_last < 0:
+            raise SeqkitError(f"train.average_last must be 0 or more, got {config.average_last}")
         if config.precision == "bf16" and self.device.type == "cpu" and not _cpu_has_native_bf16():
             print("Note: train.precision is bf16 but this CPU has no native bf16 (AVX512-BF16 or AMX); "
                   "bf16 matmuls run far slower than fp32 here.", file=sys.stderr)
@@ -147,6 +155,8 @@ class Trainer:
             self._prepare(resume)
             with open(self.metrics_path, "a", encoding="utf-8") as self._log:
                 stopped = self._run()
+                if stopped in ("completed", "early_stopping"):
+                    self._average()
         finally:
             self._log = None
             if previous is not None:
@@ -179,6 +189,7 @@ class Trainer:
                 self._validate(partial=True)
                 return outcome
             self._validate(partial=False)
+            self._save_snapshot(st.epoch + 1)
             st.epoch, st.batch = st.epoch + 1, 0
             st.epoch_loss, st.epoch_steps = 0.0, 0
             self._save_last()
@@ -365,6 +376,74 @@ class Trainer:
     def _save_best(self) -> None:
         save_checkpoint(self.checkpoint_path("best"), self.model, None, self._checkpoint_meta())
 
+    # --- averaging the last epochs --------------------------------------------------------
+
+    def _snapshot_path(self, epoch: int) -> Path:
+        return self.run_dir / "checkpoints" / f"epoch-{epoch}.safetensors"
+
+    def _snapshots(self) -> dict[int, Path]:
+        """Epoch snapshots in the run folder, by epoch number."""
+        found = {}
+        for path in (self.run_dir / "checkpoints").glob("epoch-*.safetensors"):
+            number = path.stem.split("-", 1)[1]
+            if number.isdigit():
+                found[int(number)] = path
+        return found
+
+    def _save_snapshot(self, epoch: int) -> None:
+        """Keep the weights after ``epoch`` and drop snapshots too old to be averaged."""
+        if self.config.average_last < 2:
+            return
+        save_checkpoint(self._snapshot_path(epoch), self.model, None, self._checkpoint_meta())
+        for number, path in self._snapshots().items():
+            if number <= epoch - self.config.average_last:
+                _remove_checkpoint(path)
+
+    def _average(self) -> None:
+        """Validate averages of the last 2..N epoch snapshots; the best one replaces ``best``
+        if it validates better (the best single epoch is kept as ``best-epoch``)."""
+        st, limit = self.state, self.config.average_last
+        if limit < 2 or self.valid_batches is None:
+            return
+        snapshots = sorted(((n, p) for n, p in self._snapshots().items() if n <= st.epoch), reverse=True)[:limit]
+        if len(snapshots) < 2:
+            return
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        sums: dict[str, torch.Tensor] = {}
+        winner: tuple[float, int, dict, dict] | None = None  # value, count, metrics, weights
+        for count, (number, path) in enumerate(snapshots, start=1):
+            load_checkpoint(path, self.model)
+            for key, value in self.model.state_dict().items():
+                if value.is_floating_point():
+                    sums[key] = sums[key] + value.double() if key in sums else value.double()
+            if count < 2:
+                continue
+            average = {k: (sums[k] / count).to(v.dtype) if k in sums else v for k, v in current.items()}
+            self.model.load_state_dict(average)
+            metrics = self._evaluate(self.valid_batches)
+            first = number
+            self._write_log({"event": "average", "epochs": [first, snapshots[0][0]], "step": st.step, **metrics})
+            if self.progress:
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not isinstance(v, dict))
+                tqdm.write(f"average of epochs {first}-{snapshots[0][0]}: {shown}", file=sys.stderr)
+            value = metrics.get(self.monitor, math.nan)
+            if not math.isnan(value) and (winner is None or (value > winner[0] if self.mode == "max"
+                                                             else value < winner[0])):
+                winner = (value, count, metrics, average)
+        if winner is not None and self._improves(winner[0]):
+            value, count, metrics, average = winner
+            best = self.checkpoint_path("best")
+            if best.exists():
+                os.replace(best, self._best_epoch_path())
+                os.replace(best.with_suffix(".json"), self._best_epoch_path().with_suffix(".json"))
+            self.model.load_state_dict(average)
+            st.best, st.best_value = {**metrics, "averaged": count}, value
+            self._save_best()
+        self.model.load_state_dict(current)
+
+    def _best_epoch_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "best-epoch.safetensors"
+
     # --- setup and bookkeeping -------------------------------------------------------------
 
     def _seed(self) -> None:
@@ -389,6 +468,10 @@ class Trainer:
             self.state = _State(**{k: v for k, v in trainer["state"].items() if k in known})
             self._warn_changes(trainer)
             _truncate_lines(self.metrics_path, self.state.metrics_lines)
+            single = self._best_epoch_path()
+            if single.exists():  # an average replaced 'best' after the state in 'last'
+                os.replace(single, self.checkpoint_path("best"))
+                os.replace(single.with_suffix(".json"), self.checkpoint_path("best").with_suffix(".json"))
             self._saved_key = self._progress_key()
             print(f"Resuming from {last} (epoch {self.state.epoch + 1}, "
                   f"step {self.state.step}).", file=sys.stderr)
@@ -397,10 +480,10 @@ class Trainer:
             print(f"No checkpoint at {last}; starting a fresh run.", file=sys.stderr)
         self.state = _State()
         self._saved_key = None
-        for which in ("last", "best"):
-            path = self.checkpoint_path(which)
-            for stale in (path, path.with_suffix(".json")):
-                stale.unlink(missing_ok=True)
+        stale = [self.checkpoint_path("last"), self.checkpoint_path("best"), self._best_epoch_path(),
+                 *self._snapshots().values()]
+        for path in stale:
+            _remove_checkpoint(path)
         _truncate_lines(self.metrics_path, 0)
 
     def _warn_changes(self, trainer: dict) -> None:
@@ -472,6 +555,11 @@ def _cpu_has_native_bf16() -> bool:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # an op this torch build lacks: assume not
         return False
+
+
+def _remove_checkpoint(path: Path) -> None:
+    for name in (path, path.with_suffix(".json")):
+        name.unlink(missing_ok=True)
 
 
 def _truncate_lines(path: Path, keep: int) -> None:

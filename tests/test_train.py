@@ -178,6 +178,71 @@ def test_mid_epoch_stop_keeps_epoch_end_best(tmp_path: Path) -> None:
     assert read_meta(tmp_path / "checkpoints" / "best.safetensors")["trainer"]["state"]["step"] == 6
 
 
+AVERAGING = dict(monitor="loss", epochs=4, average_last=3, lr=0.5)  # lr 0.5: noisy epochs, a good average
+
+
+def snapshot(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "checkpoints" / f"{name}.safetensors")
+
+
+def mean_of(run_dir: Path, epochs: range) -> dict[str, torch.Tensor]:
+    tensors = [snapshot(run_dir, f"epoch-{e}") for e in epochs]
+    return {k: sum(t[k].double() for t in tensors) / len(tensors) for k in tensors[0] if k.startswith("model.")}
+
+
+def test_average_of_last_epochs_replaces_best_when_it_validates_better(tmp_path: Path) -> None:
+    trainer = make(tmp_path, **AVERAGING)
+    result = trainer.fit()
+    names = sorted(p.stem for p in (tmp_path / "checkpoints").glob("*.safetensors"))
+    assert names == ["best", "best-epoch", "epoch-2", "epoch-3", "epoch-4", "last"]  # epoch-1 pruned
+    lines = log_lines(tmp_path)
+    valid = {line["epoch"]: line["loss"] for line in lines if line["event"] == "valid"}
+    averages = [line for line in lines if line["event"] == "average"]
+    assert [a["epochs"] for a in averages] == [[3, 4], [2, 4]]
+    for line in averages:  # each logged figure is that of the true mean of the snapshots
+        model = Toy()
+        mean = mean_of(tmp_path, range(line["epochs"][0], 5))
+        model.lin.weight.data, model.lin.bias.data = mean["model.lin.weight"].float(), mean["model.lin.bias"].float()
+        assert model.evaluate(VALID)["loss"] == pytest.approx(line["loss"], rel=1e-5)
+    winner = min(averages, key=lambda a: a["loss"])
+    assert winner["loss"] < min(valid.values())
+    assert result["best"]["averaged"] == 5 - winner["epochs"][0]
+    assert result["best"]["loss"] == winner["loss"]
+    best, mean = snapshot(tmp_path, "best"), mean_of(tmp_path, range(winner["epochs"][0], 5))
+    assert all(torch.allclose(best[k].double(), mean[k], atol=1e-6) for k in mean)
+    single = min(valid, key=valid.get)  # the best single epoch is kept beside it
+    assert same(snapshot(tmp_path, "best-epoch"), snapshot(tmp_path, f"epoch-{single}"))
+    # the trainer's model still holds the last epoch's weights, as 'last' does
+    last = snapshot(tmp_path, "last")
+    assert same(weights(trainer), {k[6:]: v for k, v in last.items() if k.startswith("model.")})
+
+
+def test_average_that_validates_worse_leaves_best_alone(tmp_path: Path) -> None:
+    result = make(tmp_path, **{**AVERAGING, "lr": 0.05}).fit()  # steady progress: the last epoch wins
+    lines = log_lines(tmp_path)
+    assert len([line for line in lines if line["event"] == "average"]) == 2
+    assert "averaged" not in result["best"]
+    assert not (tmp_path / "checkpoints" / "best-epoch.safetensors").exists()
+    assert same(snapshot(tmp_path, "best"), snapshot(tmp_path, "epoch-4"))
+
+
+def test_resume_after_an_average_replaced_best_is_exact(tmp_path: Path) -> None:
+    longer = {**AVERAGING, "epochs": 5}
+    result = make(tmp_path / "ref", **longer).fit()
+    first = make(tmp_path / "run", **AVERAGING).fit()
+    assert "averaged" in first["best"]  # so the resumed run must first put the single best back
+    trainer = make(tmp_path / "run", **longer)
+    assert trainer.fit(resume=True) == result
+    assert log_lines(tmp_path / "run") == log_lines(tmp_path / "ref")
+    for name in ("best", "best-epoch", "epoch-3", "epoch-4", "epoch-5"):
+        assert same(snapshot(tmp_path / "run", name), snapshot(tmp_path / "ref", name))
+
+
+def test_negative_average_last_is_a_clean_error(tmp_path: Path) -> None:
+    with pytest.raises(SeqkitError, match="train.average_last must be 0 or more"):
+        make(tmp_path, average_last=-1)
+
+
 @pytest.mark.parametrize("crash_at", [6, 7, 11])
 def test_resume_after_crash_is_exact(tmp_path: Path, reference, crash_at: int) -> None:
     result, final, ref_dir = reference
