@@ -20,6 +20,9 @@ import seqkit
 from seqkit.cli import cli
 from seqkit.data.speech import LIBRIVOX
 from seqkit.errors import DataError
+from seqkit.features.audio import read_audio
+from seqkit.heads.ctc import error_rates
+from seqkit.models.speech import evaluate_data, make_batches
 from seqkit.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +130,33 @@ def test_evaluate_prints_error_rates_of_a_manifest(run, tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", str(run), "--data", str(manifest), "--json"])
     metrics = json.loads(result.stdout)
     assert metrics["utterances"] == 2 and len(metrics["unreadable"]) == 1 and "cer_beam" in metrics
+
+
+def test_one_pass_for_several_beams_gives_what_each_beam_gives_alone(run, tmp_path):
+    good, bad, stereo = _audio(tmp_path)
+    asr = _talkative(seqkit.load(run))
+    both = asr.transcribe_beams([good, bad, stereo], [0, 4], errors="skip")
+    assert both[1]["texts"] is None and "bad.wav" in both[1]["error"]
+    texts = {beam: [both[0]["texts"][beam], both[2]["texts"][beam]] for beam in (0, 4)}
+    assert texts[0] != texts[4], texts  # the talkative model spells differently under the lexicon
+    for beam in (0, 4):
+        assert texts[beam] == [r["text"] for r in asr.transcribe([good, stereo], beam=beam)]
+    # batch scoring: one pass for both widths, the same as each width alone and as scoring those texts
+    refs = ["let there be light"] * 2
+    feats = [asr.fbank(read_audio(p, asr.sample_rate)) for p in (good, stereo)]
+    batches = make_batches(feats, None, refs, 2)
+    scores = asr.evaluate_beams(batches, [0, 4])
+    for beam in (0, 4):
+        assert scores[beam] == asr.evaluate(batches, beam) == {**error_rates(refs, texts[beam]), "utterances": 2}
+    # seqkit evaluate's figures are those texts' error rates (the recipe's beam is 64, so use 4 here)
+    asr.recipe.head.beam_size = 4
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": p.name, "text": refs[0]}) + "\n" for p in (good, bad, stereo)),
+                        encoding="utf-8")
+    metrics = evaluate_data(asr, manifest)
+    assert (metrics["cer"], metrics["wer"]) == tuple(error_rates(refs, texts[0]).values())
+    assert (metrics["cer_beam"], metrics["wer_beam"]) == tuple(error_rates(refs, texts[4]).values())
+    assert metrics["utterances"] == 2 and len(metrics["unreadable"]) == 1
 
 
 def test_load_and_transcribe_files_and_arrays(run, tmp_path, device):

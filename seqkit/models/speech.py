@@ -185,10 +185,23 @@ class SpeechModel(nn.Module):
         path, or None for arrays), ``duration_s`` and ``time_s``, the seconds from waveform to
         text (features, network and decoding; shared out by duration within a batch).
         """
+        single = not isinstance(audio, (list, tuple))
+        results = self.transcribe_beams([audio] if single else list(audio), [beam], sample_rate=sample_rate,
+                                        batch_size=batch_size, progress=progress, errors=errors)
+        for k, result in enumerate(results):
+            texts = result.pop("texts")
+            results[k] = {"audio": result.pop("audio"), "text": texts[beam] if texts else None, **result}
+        return results[0] if single else results
+
+    @torch.inference_mode()
+    def transcribe_beams(self, items: Sequence[AudioInput], beams: Sequence[int], *,
+                         sample_rate: Optional[int] = None, batch_size: int = 16,
+                         progress: Optional[bool] = None, errors: str = "raise") -> list[dict[str, Any]]:
+        """:meth:`transcribe` a list with several beam widths (0: greedy) at once: each input is
+        read, featurised and encoded once; ``texts`` maps each width to its text (None for an
+        unreadable input), beside ``audio``, ``duration_s``, ``time_s`` (and ``error``)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
-        single = not isinstance(audio, (list, tuple))
-        items: list[AudioInput] = [audio] if single else list(audio)
         self.eval()
         device = next(self.parameters()).device
         results: list[dict[str, Any]] = [{} for _ in items]
@@ -199,7 +212,7 @@ class SpeechModel(nn.Module):
                 waves = {}
                 for i in span:
                     name = str(items[i]) if isinstance(items[i], (str, os.PathLike)) else None
-                    results[i] = {"audio": name, "text": None, "duration_s": 0.0, "time_s": 0.0}
+                    results[i] = {"audio": name, "texts": None, "duration_s": 0.0, "time_s": 0.0}
                     try:
                         waves[i] = self._waveform(items[i], sample_rate)
                     except DataError as exc:
@@ -210,9 +223,9 @@ class SpeechModel(nn.Module):
                 order = sorted(waves, key=lambda i: waves[i].numel())
                 for b in range(0, len(order), batch_size):
                     group = order[b: b + batch_size]
-                    self._transcribe_group(group, waves, results, beam, device)
+                    self._transcribe_group(group, waves, results, beams, device)
                     bar.update(len(group))
-        return results[0] if single else results
+        return results
 
     def _waveform(self, item: AudioInput, sample_rate: Optional[int]) -> Tensor:
         if isinstance(item, (str, os.PathLike)):
@@ -222,14 +235,14 @@ class SpeechModel(nn.Module):
         return as_waveform(item, sample_rate, self.sample_rate)
 
     def _transcribe_group(self, group: list[int], waves: dict[int, Tensor], results: list[dict[str, Any]],
-                          beam: int, device: torch.device) -> None:
+                          beams: Sequence[int], device: torch.device) -> None:
         started = time.perf_counter()
         feats = [self.fbank(waves[i].to(device)) for i in group]
-        texts = self.decode(collate(feats, None, [""] * len(group), group), beam)
+        texts = self.decode_beams(collate(feats, None, [""] * len(group), group), list(beams))
         spent = time.perf_counter() - started
         total = sum(waves[i].numel() for i in group)
-        for i, text in zip(group, texts, strict=True):
-            results[i].update(text=text, duration_s=waves[i].numel() / self.sample_rate,
+        for k, i in enumerate(group):
+            results[i].update(texts={b: texts[b][k] for b in texts}, duration_s=waves[i].numel() / self.sample_rate,
                               time_s=spent * waves[i].numel() / total)
 
 
@@ -360,18 +373,17 @@ def evaluate_data(model: SpeechModel, data: Optional[Path], *, batch_size: int =
     if not corpus.utterances:
         raise SeqkitError(f"{corpus.path}: no utterances to evaluate")
     paths: list[AudioInput] = [u.audio for u in corpus.utterances]
-    greedy = model.transcribe(paths, batch_size=batch_size, errors="skip")
-    ok = [i for i, r in enumerate(greedy) if r["text"] is not None]
+    beam = model.recipe.head.beam_size
+    results = model.transcribe_beams(paths, [0, beam] if beam > 0 else [0], batch_size=batch_size, errors="skip")
+    ok = [i for i, r in enumerate(results) if r["texts"] is not None]
     if not ok:
         raise DataError(f"{corpus.path}: none of the {len(paths)} audio files could be read")
     refs = [corpus.utterances[i].text for i in ok]
-    metrics: dict[str, Any] = error_rates(refs, [greedy[i]["text"] for i in ok])
-    beam = model.recipe.head.beam_size
+    metrics: dict[str, Any] = error_rates(refs, [results[i]["texts"][0] for i in ok])
     if beam > 0:
-        beamed = model.transcribe([paths[i] for i in ok], beam=beam, batch_size=batch_size, errors="skip")
-        scores = error_rates(refs, [r["text"] or "" for r in beamed])
+        scores = error_rates(refs, [results[i]["texts"][beam] for i in ok])
         metrics.update(cer_beam=scores["cer"], wer_beam=scores["wer"], beam_size=beam)
-    audio_s = sum(greedy[i]["duration_s"] for i in ok)
+    audio_s = sum(results[i]["duration_s"] for i in ok)
     metrics.update(utterances=len(ok), audio_s=round(audio_s, 1), data=str(corpus.path),
-                   unreadable=[greedy[i]["error"] for i in range(len(paths)) if greedy[i]["text"] is None])
+                   unreadable=[r["error"] for r in results if r["texts"] is None])
     return metrics
