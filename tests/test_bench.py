@@ -95,3 +95,10 @@ def test_script_runs_as_a_subprocess():
                            "--mode", "fwd+bwd", "--only", "hints"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "generic: LSTM cell with hints" in done.stdout and "machine:" in done.stdout
+
+
+def test_cli_defaults_are_the_library_defaults():
+    command = cli.commands["bench"].commands["encoder"]
+    options = {p.name: p.default for p in command.params if p.name in {f for f in vars(BenchConfig())}}
+    assert len(options) == 9  # batch, length, input_size, hidden_size, num_layers, repeats, warmup, threads, device
+    assert options == {name: getattr(BenchConfig(), name) for name in options}

@@ -9,7 +9,10 @@ from pathlib import Path
 
 import click
 
+from ..bench import BenchConfig
 from . import cli
+
+_DEFAULT = BenchConfig()  # the options' defaults are the library's
 
 
 @cli.group("bench")
@@ -18,19 +21,21 @@ def bench_group() -> None:
 
 
 @bench_group.command("encoder")
-@click.option("--batch", default=32, show_default=True, help="N, sequences per batch.")
-@click.option("--length", default=200, show_default=True, help="L, steps of the longest sequence.")
-@click.option("--input", "input_size", default=80, show_default=True, help="I, input features.")
-@click.option("--hidden", "hidden_size", default=256, show_default=True, help="H, hidden size per direction.")
-@click.option("--layers", "num_layers", default=3, show_default=True, help="Bidirectional layers.")
-@click.option("--repeats", default=5, show_default=True, help="Timed repeats per cell (median).")
-@click.option("--warmup", default=1, show_default=True, help="Untimed runs first.")
-@click.option("--threads", default=2, show_default=True, help="torch intra-op threads (0: torch's default).")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
+@click.option("--batch", default=_DEFAULT.batch, show_default=True, help="N, sequences per batch.")
+@click.option("--length", default=_DEFAULT.length, show_default=True, help="L, steps of the longest sequence.")
+@click.option("--input", "input_size", default=_DEFAULT.input_size, show_default=True, help="I, input features.")
+@click.option("--hidden", "hidden_size", default=_DEFAULT.hidden_size, show_default=True,
+              help="H, hidden size per direction.")
+@click.option("--layers", "num_layers", default=_DEFAULT.num_layers, show_default=True, help="Bidirectional layers.")
+@click.option("--repeats", default=_DEFAULT.repeats, show_default=True, help="Timed repeats per cell (median).")
+@click.option("--warmup", default=_DEFAULT.warmup, show_default=True, help="Untimed runs first.")
+@click.option("--threads", default=_DEFAULT.threads, show_default=True,
+              help="torch intra-op threads (0: torch's default).")
+@click.option("--device", default=_DEFAULT.device, show_default=True, help="cpu or cuda[:N].")
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]),
-              help="Repeat to pick several (default: both).")
+              help=f"Repeat to pick several (default: {', '.join(_DEFAULT.precisions)}).")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["fwd", "fwd+bwd"]),
-              help="Repeat to pick several (default: both).")
+              help=f"Repeat to pick several (default: {', '.join(_DEFAULT.modes)}).")
 @click.option("--only", multiple=True, help="Keep rows whose name contains this (raw nn.LSTM always stays).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the results as JSON here.")
@@ -40,10 +45,10 @@ def encoder_cmd(json_out: Path | None, precisions, modes, only, **options) -> No
     Forward and forward+backward, fp32 and bf16; ms per batch, frames/s, ratio to raw fp32
     nn.LSTM, GFLOP/s against a measured matmul ceiling.
     """
-    from ..bench import BenchConfig, BenchSkipped, format_table, run_encoder_bench
+    from ..bench import BenchSkipped, format_table, run_encoder_bench
 
-    config = BenchConfig(**options, precisions=tuple(precisions) or ("fp32", "bf16"),
-                         modes=tuple(modes) or ("fwd", "fwd+bwd"), only=tuple(only))
+    config = BenchConfig(**options, precisions=tuple(precisions) or _DEFAULT.precisions,
+                         modes=tuple(modes) or _DEFAULT.modes, only=tuple(only))
     try:
         result = run_encoder_bench(config, progress=lambda line: click.echo(line, err=True))
     except BenchSkipped as exc:
