@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint
 from .errors import RecipeError, SeqkitError
 from .models import recipe_base
 from .recipe import Recipe
-from .train import Trainer
+from .train import Trainer, reuse_freed_memory
 
 __all__ = ["check_recipe", "evaluate_run", "load", "resolve_device", "run_recipe"]
 
@@ -142,6 +142,7 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: boo
     (out / RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
     if recipe.train.threads > 0:
         torch.set_num_threads(recipe.train.threads)
+    reuse_freed_memory()
     task = task_module(recipe, recipe.source)
     prepared = task.prepare(recipe, out, log=log)
     model = prepared.model.to(device)
