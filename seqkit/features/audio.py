@@ -5,6 +5,7 @@ Shape legend: N batch, L frames (10 ms each), F mel bins, T samples.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Union
@@ -68,8 +69,16 @@ def as_waveform(audio: Union[np.ndarray, Tensor], rate: int, sample_rate: int = 
     if rate <= 0:
         raise DataError(f"{where}: invalid sample rate {rate}")
     if rate != sample_rate:
-        wave = torchaudio.functional.resample(wave, int(rate), int(sample_rate))
+        with torch.no_grad():
+            wave = _resampler(int(rate), int(sample_rate))(wave)
     return wave.contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(rate: int, sample_rate: int) -> torchaudio.transforms.Resample:
+    """torchaudio's resampler with its filter kernel built once per pair of rates (building it
+    took longer than resampling a few seconds of speech)."""
+    return torchaudio.transforms.Resample(rate, sample_rate)
 
 
 class Fbank(nn.Module):

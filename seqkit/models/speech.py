@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union, overload
@@ -253,13 +254,24 @@ def _features(model: SpeechModel, corpus: SpeechCorpus, log: Callable[[str], Non
               desc: str) -> tuple[list[Tensor], list[str]]:
     """Log-mel features and transcripts of a corpus; unreadable files are skipped and named."""
     feats, texts, bad = [], [], []
-    with torch.inference_mode():
-        for utt in tqdm(corpus.utterances, desc=f"features {desc}", unit="utt", leave=False, disable=None):
+
+    def featurise(path: Path) -> Union[Tensor, DataError]:
+        with torch.inference_mode():  # thread-local, so entered in each worker
             try:
-                feats.append(model.fbank(read_audio(utt.audio, model.sample_rate)))
-                texts.append(utt.text)
+                return model.fbank(read_audio(path, model.sample_rate))
             except DataError as exc:
-                bad.append(str(exc))
+                return exc
+
+    # Threads: decoding, resampling and the filter bank release the GIL.
+    with ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads()))) as pool:
+        results = pool.map(featurise, [utt.audio for utt in corpus.utterances])
+        for utt, result in tqdm(zip(corpus.utterances, results), total=len(corpus.utterances),
+                                desc=f"features {desc}", unit="utt", leave=False, disable=None):
+            if isinstance(result, DataError):
+                bad.append(str(result))
+            else:
+                feats.append(result)
+                texts.append(utt.text)
     if bad:
         log(f"skipped {len(bad)} unreadable audio file(s) of {corpus.path}: " + "; ".join(bad[:3])
             + (" ..." if len(bad) > 3 else ""))
