@@ -13,7 +13,7 @@ Run folder::
     run_dir/checkpoints/best-epoch.safetensors  the best single epoch, when an average replaced it
 
 With ``average_last: N`` the weights of the last 2..N epochs are averaged once training has
-finished (Polyak averaging of epoch snapshots, as ESPnet and NeMo do for ASR); the average that
+finished (checkpoint averaging, as ESPnet and NeMo offer for ASR); the average that
 validates best replaces ``best`` if it beats the best single epoch.
 """
 
