@@ -422,11 +422,11 @@ class Trainer:
             average = {k: (sums[k] / count).to(v.dtype) if k in sums else v for k, v in current.items()}
             self.model.load_state_dict(average)
             metrics = self._evaluate(self.valid_batches)
-            first = number
-            self._write_log({"event": "average", "epochs": [first, snapshots[0][0]], "step": st.step, **metrics})
+            newest = snapshots[0][0]
+            self._write_log({"event": "average", "epochs": [number, newest], "step": st.step, **metrics})
             if self.progress:
                 shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not isinstance(v, dict))
-                tqdm.write(f"average of epochs {first}-{snapshots[0][0]}: {shown}", file=sys.stderr)
+                tqdm.write(f"average of epochs {number}-{newest}: {shown}", file=sys.stderr)
             value = metrics.get(self.monitor, math.nan)
             if not math.isnan(value) and (winner is None or (value > winner[0] if self.mode == "max"
                                                              else value < winner[0])):
@@ -544,7 +544,7 @@ def reuse_freed_memory() -> bool:
 
     By default glibc serves large blocks with mmap and returns them with munmap, so every
     training step page-faults its activations in afresh: on a 2-core CPU that was 16% of the
-    CPU time in system calls, and keeping the memory made speech training 12-20% faster
+    CPU time in system calls, and keeping the memory made speech training 11-20% faster
     (``README.md``).  The cost is that the process keeps its peak memory.  Called by ``seqkit
     recipe run``; a no-op (False) off glibc, with ``SEQKIT_MALLOPT=0``, or when the user tunes
     malloc with ``MALLOC_*_`` environment variables.

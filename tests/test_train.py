@@ -355,5 +355,6 @@ def test_reused_memory_is_not_faulted_in_again() -> None:
         applied, faults = proc.stdout.split()
         runs[flag] = (applied, int(faults))
     assert runs["0"][0] == "False" and runs["1"][0] == "True"
-    assert runs["0"][1] > 20 * 10000  # the default: every block faulted in afresh
-    assert runs["1"][1] < 4 * 16384, runs  # kept: a block or two faulted in, then reused
+    # kept: a block or two faulted in, then reused; by default every block is faulted in afresh
+    # (the ratio, not a count: with transparent huge pages a block takes far fewer faults)
+    assert runs["1"][1] * 4 < runs["0"][1], runs

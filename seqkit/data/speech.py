@@ -36,7 +36,7 @@ __all__ = ["LIBRIVOX", "SpeechCorpus", "Utterance", "librivox_corpus", "librivox
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 RATE = 16000  # the rendered audio is stored as 16 kHz FLAC
-_FORMAT = 1  # bump when rendering changes, so that caches are rebuilt
+_FORMAT = 2  # bump when rendering changes, so that caches are rebuilt (2: cached resampler, float64 kernel)
 # espeak-ng's English voices (accents) and voice variants, split so that the validation and
 # test voices and variants never occur in training.
 _VOICES = {"train": ("en", "en-us", "en-gb-x-rp", "en-gb-x-gbclan", "en-029"),

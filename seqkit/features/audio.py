@@ -69,15 +69,15 @@ def as_waveform(audio: Union[np.ndarray, Tensor], rate: int, sample_rate: int = 
     if rate <= 0:
         raise DataError(f"{where}: invalid sample rate {rate}")
     if rate != sample_rate:
-        with torch.no_grad():
-            wave = _resampler(int(rate), int(sample_rate))(wave)
+        wave = _resampler(int(rate), int(sample_rate))(wave)
     return wave.contiguous()
 
 
 @functools.lru_cache(maxsize=16)
 def _resampler(rate: int, sample_rate: int) -> torchaudio.transforms.Resample:
     """torchaudio's resampler with its filter kernel built once per pair of rates (building it
-    took longer than resampling a few seconds of speech)."""
+    took longer than resampling a few seconds of speech).  Its kernel is computed in float64,
+    so it differs from ``torchaudio.functional.resample`` on float32 input by ~1e-5."""
     return torchaudio.transforms.Resample(rate, sample_rate)
 
 
