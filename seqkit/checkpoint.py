@@ -1,7 +1,9 @@
 """Atomic checkpoints: one ``.safetensors`` file per checkpoint, plain data only.
 
 A checkpoint holds the model tensors (``model.<name>``), the optimizer's per-parameter state
-tensors (``optim.state.<index>.<key>``) and the torch RNG state (``rng.torch``).  Everything
+tensors (``optim.state.<index>.<key>``), the torch RNG state (``rng.torch``) and any extra
+tensors the caller keeps beside the model (``extra.<name>``, e.g. the trainer's moving average
+of the weights).  Everything
 that is not a tensor (the caller's ``meta``, optimizer parameter groups, scalar optimizer state,
 Python/numpy RNG states) is JSON stored in the safetensors header under the ``seqkit`` key, so
 replacing that single file commits the whole checkpoint at once.  A ``.json`` twin next to it
@@ -28,7 +30,7 @@ from torch import nn
 
 from .errors import SeqkitError
 
-__all__ = ["load_checkpoint", "preserved_rng", "read_meta", "save_checkpoint"]
+__all__ = ["load_checkpoint", "load_extra", "preserved_rng", "read_meta", "save_checkpoint"]
 
 FORMAT = "seqkit-checkpoint"
 VERSION = 1
@@ -36,16 +38,19 @@ _MODEL = "model."
 _OPTIM = "optim.state."
 _RNG_TORCH = "rng.torch"
 _RNG_CUDA = "rng.cuda."
+_EXTRA = "extra."
 
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    meta: dict) -> None:
-    """Write model, optimizer and RNG state plus ``meta`` to ``path`` atomically."""
+                    meta: dict, extra: dict[str, torch.Tensor] | None = None) -> None:
+    """Write model, optimizer and RNG state, ``extra`` tensors and ``meta`` to ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         tensors[_MODEL + name] = _own(tensor)
+    for name, tensor in (extra or {}).items():
+        tensors[_EXTRA + name] = _own(tensor)
     optim_info = None
     if optimizer is not None:
         optim_info = _flatten_optimizer(optimizer.state_dict(), tensors)
@@ -88,6 +93,12 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if restore_rng:
         _restore_rng(payload.get("rng") or {}, tensors)
     return payload["meta"]
+
+
+def load_extra(path: Path) -> dict[str, torch.Tensor]:
+    """The ``extra`` tensors saved with a checkpoint, by name (empty if it has none)."""
+    _, tensors = _read(Path(path), with_tensors=True)
+    return {name[len(_EXTRA):]: t for name, t in tensors.items() if name.startswith(_EXTRA)}
 
 
 def read_meta(path: Path) -> dict:

@@ -67,6 +67,7 @@ class FeaturesConfig:
     subsampling: int = 4  # time subsampling of the conv front-end: 1, 2, 4 (<= 2**conv_layers)
     conv_layers: int = 2  # 3x3 conv layers, each halving the mel axis
     conv_channels: int = 32
+    train_padding: Literal["mask", "repeat"] = "mask"  # repeat: pad training utterances with their last frame
 
 
 @dataclass
@@ -85,6 +86,7 @@ class TrainConfig:
     seed: int = 1
     patience: int = 0  # epochs without improvement before stopping; 0: never stop early
     average_last: int = 0  # at the end, average the weights of up to this many last epochs; 0/1: off
+    ema_decay: float = 0.0  # keep a moving average of the weights (0.999: ~1000 steps), tried at the end; 0: off
     checkpoint_every: int = 500  # steps between 'last' checkpoints (besides each epoch end)
     log_every: int = 50
     eval_batch_size: int = 128

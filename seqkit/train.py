@@ -7,20 +7,25 @@ batch needs ``batch.to(device)``, ``batch.num_items`` (tokens or frames) and ``l
 Run folder::
 
     run_dir/metrics.jsonl                 one JSON object per line ("train" / "valid" events)
-    run_dir/checkpoints/last.safetensors  (+ .json) everything needed to resume
+    run_dir/checkpoints/last.safetensors  (+ .json) everything needed to resume (with ``ema_decay``,
+                                          the moving average too)
     run_dir/checkpoints/best.safetensors  (+ .json) weights with the best monitored metric
     run_dir/checkpoints/epoch-N.safetensors   weights after epoch N, the last ``average_last`` only
     run_dir/checkpoints/best-epoch.safetensors  the best single epoch, when an average replaced it
 
 With ``average_last: N`` the weights of the last 2..N epochs are averaged once training has
-finished (checkpoint averaging, as ESPnet and NeMo offer for ASR); the average that
-validates best replaces ``best`` if it beats the best single epoch.
+finished (checkpoint averaging, as ESPnet and NeMo offer for ASR).  With ``ema_decay: d`` the
+trainer also keeps an exponential moving average of the weights, updated after every step
+(``avg += (1 - d) * (weights - avg)``; Polyak averaging) and saved in ``last`` so that resuming
+stays exact.  When training ends, each of these averages is validated; the best one replaces
+``best`` if it beats the best single epoch, which is then kept as ``best-epoch``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -31,13 +36,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, preserved_rng, save_checkpoint
+from .checkpoint import load_checkpoint, load_extra, preserved_rng, save_checkpoint
 from .errors import SeqkitError
 from .recipe import TrainConfig
 
@@ -45,7 +50,8 @@ __all__ = ["Trainer", "build_optimizer", "reuse_freed_memory"]
 
 # Changing any of these between the interrupted run and --resume changes the result.
 _RESUME_SENSITIVE = ("seed", "batch_size", "optimizer", "lr", "lr_decay", "lr_schedule", "min_lr",
-                     "warmup_steps", "weight_decay", "clip_grad_norm", "max_length")
+                     "warmup_steps", "weight_decay", "clip_grad_norm", "max_length", "ema_decay")
+_EMA = "ema."  # prefix of the moving average's tensors among a checkpoint's extras
 
 
 @dataclass
@@ -106,6 +112,9 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, config)
         if config.average_last < 0:
             raise SeqkitError(f"train.average_last must be 0 or more, got {config.average_last}")
+        if not 0.0 <= config.ema_decay < 1.0:
+            raise SeqkitError(f"train.ema_decay must be at least 0 and below 1, got {config.ema_decay} "
+                              "(0 turns it off; 0.999 averages over about the last 1000 steps)")
         if config.precision == "bf16" and self.device.type == "cpu" and not _cpu_has_native_bf16():
             print("Note: train.precision is bf16 but this CPU has no native bf16 (AVX512-BF16 or AMX); "
                   "bf16 matmuls run far slower than fp32 here.", file=sys.stderr)
@@ -121,6 +130,8 @@ class Trainer:
         self._window_t0 = self._t0
         self._items = 0
         self._steps_per_epoch = 0
+        self._ema: dict[str, torch.Tensor] = {}  # name -> moving average, when ema_decay > 0
+        self._ema_live: list[torch.Tensor] = []  # the model's tensors that self._ema follows
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast for forward and loss when ``precision: bf16`` (backward runs outside it)."""
@@ -157,7 +168,7 @@ class Trainer:
             with open(self.metrics_path, "a", encoding="utf-8") as self._log:
                 stopped = self._run()
                 if stopped in ("completed", "early_stopping"):
-                    self._average()
+                    self._try_averages()
         finally:
             self._log = None
             if previous is not None:
@@ -253,6 +264,9 @@ class Trainer:
                 raise SeqkitError(f"gradient became NaN/inf at step {self.state.step + 1}; "
                                   "lower train.lr or set train.clip_grad_norm")
         self.optimizer.step()
+        if self._ema:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(self._ema.values()), self._ema_live, 1.0 - self.config.ema_decay)
         self.state.step += 1
         return value, int(batch.num_items)
 
@@ -370,8 +384,9 @@ class Trainer:
     def _save_last(self) -> None:
         if self._saved_key == self._progress_key():
             return  # nothing happened since the previous save (e.g. Ctrl-C at an epoch end)
+        extra = {_EMA + name: tensor for name, tensor in self._ema.items()}
         save_checkpoint(self.checkpoint_path("last"), self.model, self.optimizer,
-                        self._checkpoint_meta())
+                        self._checkpoint_meta(), extra)
         self._saved_key = self._progress_key()
 
     def _save_best(self) -> None:
@@ -400,45 +415,61 @@ class Trainer:
             if number <= epoch - self.config.average_last:
                 _remove_checkpoint(path)
 
-    def _average(self) -> None:
-        """Validate averages of the last 2..N epoch snapshots; the best one replaces ``best``
-        if it validates better (the best single epoch is kept as ``best-epoch``)."""
-        st, limit = self.state, self.config.average_last
-        if limit < 2 or self.valid_batches is None:
+    def _epoch_averages(self) -> Iterator[tuple[dict, dict, dict[str, torch.Tensor]]]:
+        """(log fields, best-record fields, weights) of the averages of the last 2..N epochs."""
+        limit = self.config.average_last
+        if limit < 2:
             return
-        snapshots = sorted(((n, p) for n, p in self._snapshots().items() if n <= st.epoch), reverse=True)[:limit]
+        found = self._snapshots().items()
+        snapshots = sorted(((n, p) for n, p in found if n <= self.state.epoch), reverse=True)[:limit]
         if len(snapshots) < 2:
             return
-        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        newest = snapshots[0][0]
         sums: dict[str, torch.Tensor] = {}
-        winner: tuple[float, int, dict, dict] | None = None  # value, count, metrics, weights
         for count, (number, path) in enumerate(snapshots, start=1):
             load_checkpoint(path, self.model)
-            for key, value in self.model.state_dict().items():
+            state = self.model.state_dict()
+            for key, value in state.items():
                 if value.is_floating_point():
                     sums[key] = sums[key] + value.double() if key in sums else value.double()
-            if count < 2:
-                continue
-            average = {k: (sums[k] / count).to(v.dtype) if k in sums else v for k, v in current.items()}
-            self.model.load_state_dict(average)
+            if count >= 2:
+                average = {k: (sums[k] / count).to(v.dtype) if k in sums else v.clone() for k, v in state.items()}
+                yield ({"event": "average", "epochs": [number, newest]}, {"averaged": count}, average)
+
+    def _try_averages(self) -> None:
+        """Validate the weight averages (``average_last``, ``ema_decay``); the best one replaces
+        ``best`` if it validates better (the best single epoch is kept as ``best-epoch``)."""
+        st = self.state
+        if self.valid_batches is None or (self.config.average_last < 2 and not self._ema):
+            return
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        candidates = self._epoch_averages()
+        if self._ema:
+            moving = {**current, **{k: v.clone() for k, v in self._ema.items()}}
+            decay = self.config.ema_decay
+            candidates = itertools.chain(candidates, [({"event": "ema", "decay": decay}, {"ema": decay}, moving)])
+        winner: tuple[float, dict, dict] | None = None  # value, best record, weights
+        for fields, record, weights in candidates:
+            self.model.load_state_dict(weights)
             metrics = self._evaluate(self.valid_batches)
-            newest = snapshots[0][0]
-            self._write_log({"event": "average", "epochs": [number, newest], "step": st.step, **metrics})
+            self._write_log({**fields, "step": st.step, **metrics})
             if self.progress:
                 shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not isinstance(v, dict))
-                tqdm.write(f"average of epochs {number}-{newest}: {shown}", file=sys.stderr)
+                what = (f"average of epochs {fields['epochs'][0]}-{fields['epochs'][1]}" if "epochs" in fields
+                        else f"moving average of the weights (decay {fields['decay']})")
+                tqdm.write(f"{what}: {shown}", file=sys.stderr)
             value = metrics.get(self.monitor, math.nan)
             if not math.isnan(value) and (winner is None or (value > winner[0] if self.mode == "max"
                                                              else value < winner[0])):
-                winner = (value, count, metrics, average)
+                winner = (value, {**metrics, **record}, weights)
         if winner is not None and self._improves(winner[0]):
-            value, count, metrics, average = winner
+            value, record, weights = winner
             best = self.checkpoint_path("best")
             if best.exists():
                 os.replace(best, self._best_epoch_path())
                 os.replace(best.with_suffix(".json"), self._best_epoch_path().with_suffix(".json"))
-            self.model.load_state_dict(average)
-            st.best, st.best_value = {**metrics, "averaged": count}, value
+            self.model.load_state_dict(weights)
+            st.best, st.best_value = record, value
             self._save_best()
         self.model.load_state_dict(current)
 
@@ -474,6 +505,7 @@ class Trainer:
                 os.replace(single, self.checkpoint_path("best"))
                 os.replace(single.with_suffix(".json"), self.checkpoint_path("best").with_suffix(".json"))
             self._saved_key = self._progress_key()
+            self._start_ema(load_extra(last))
             print(f"Resuming from {last} (epoch {self.state.epoch + 1}, "
                   f"step {self.state.step}).", file=sys.stderr)
             return
@@ -486,6 +518,27 @@ class Trainer:
         for path in stale:
             _remove_checkpoint(path)
         _truncate_lines(self.metrics_path, 0)
+        self._start_ema({})
+
+    def _start_ema(self, saved: dict[str, torch.Tensor]) -> None:
+        """Set up the moving average of the weights: from ``saved`` (a checkpoint's extras) when
+        it holds one, otherwise from the model's weights as they are now."""
+        self._ema, self._ema_live = {}, []
+        if self.config.ema_decay <= 0:
+            return
+        state = self.model.state_dict()
+        floating = [name for name, tensor in state.items() if tensor.is_floating_point()]
+        stored = {name: saved.get(_EMA + name) for name in floating}
+        if saved and any(t is None for t in stored.values()):
+            print("Note: the checkpoint has no moving average of the weights (train.ema_decay was 0 or "
+                  "changed); it starts from the current weights.", file=sys.stderr)
+        for name in floating:
+            kept = stored[name]
+            source = kept if kept is not None and kept.shape == state[name].shape else state[name]
+            self._ema[name] = source.detach().to(state[name].device, state[name].dtype, copy=True)
+        # state_dict() tensors share storage with the parameters, which the optimizer and
+        # load_state_dict update in place, so they stay live for the whole run.
+        self._ema_live = [state[name] for name in floating]
 
     def _warn_changes(self, trainer: dict) -> None:
         saved = trainer.get("config", {})

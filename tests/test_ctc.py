@@ -159,3 +159,28 @@ def test_tiny_model_overfits_three_real_utterances(tmp_path):
         assert model.decode(batch, beam=4) == texts
     # the application path reads the same audio to the same text
     assert [r["text"] for r in model.transcribe([tmp_path / f"{i}.wav" for i in range(3)])] == texts
+
+
+def test_repeat_last_padding_extends_each_utterance_and_takes_the_fused_kernel(monkeypatch):
+    torch.manual_seed(0)
+    feats = [torch.randn(23, 40), torch.randn(16, 40), torch.randn(20, 40)]
+    targets, texts = [[1, 2], [3], [2, 2, 1]], ["ab", "c", "bba"]
+    batch = collate(feats, targets, texts, [0, 1, 2], repeat_last=True)
+    assert batch.lengths.tolist() == [23, 23, 23]
+    for row, f in enumerate(feats):
+        assert torch.equal(batch.feats[row, : f.size(0)], f)
+        assert torch.equal(batch.feats[row, f.size(0):], f[-1:].expand(23 - f.size(0), -1))
+    # the same as zero-padded utterances that were that long to begin with
+    longer = [torch.cat([f, f[-1:].expand(23 - f.size(0), -1)]) for f in feats]
+    plain = collate(longer, targets, texts, [0, 1, 2])
+    assert torch.equal(batch.feats, plain.feats) and torch.equal(batch.lengths, plain.lengths)
+    # every row is full length, so the encoder runs torch's multi-layer kernel, not layer by layer
+    recipe = _tiny_recipe()
+    recipe.encoder.num_layers = 2
+    model = SpeechModel(recipe, CTCVocab.build(["abc"]), registry.heads.get("ctc"))
+    model.eval()
+    with torch.no_grad():
+        masked = model.loss(collate(feats, targets, texts, [0, 1, 2]))
+        monkeypatch.setattr(type(model.encoder), "_layers", lambda *a: pytest.fail("layer-by-layer path"))
+        repeated = model.loss(batch)
+    assert torch.isfinite(repeated) and not torch.equal(repeated, masked)

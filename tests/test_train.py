@@ -358,3 +358,65 @@ def test_reused_memory_is_not_faulted_in_again() -> None:
     # kept: a block or two faulted in, then reused; by default every block is faulted in afresh
     # (the ratio, not a count: with transparent huge pages a block takes far fewer faults)
     assert runs["1"][1] * 4 < runs["0"][1], runs
+
+
+def ema_of(run_dir: Path) -> dict[str, torch.Tensor]:
+    return {k[len("extra.ema."):]: v for k, v in snapshot(run_dir, "last").items() if k.startswith("extra.ema.")}
+
+
+def test_moving_average_follows_every_step(tmp_path: Path) -> None:
+    seen: list[dict[str, torch.Tensor]] = []  # the weights before each training step
+    trainer = make(tmp_path, hook=lambda calls: seen.append(weights(trainer)), monitor="loss", ema_decay=0.8)
+    result = trainer.fit()
+    seen.append(weights(trainer))
+    assert len(seen) == 19  # 18 steps
+    expected = {k: v.double() for k, v in seen[0].items()}  # starts at the initial weights
+    for after in seen[1:]:
+        expected = {k: 0.8 * expected[k] + 0.2 * after[k].double() for k in expected}
+    saved = ema_of(tmp_path)
+    assert saved.keys() == expected.keys()
+    assert all(torch.allclose(saved[k].double(), expected[k], atol=1e-6) for k in expected)
+    [line] = [line for line in log_lines(tmp_path) if line["event"] == "ema"]
+    model = Toy()
+    model.load_state_dict(saved)
+    assert line["decay"] == 0.8 and line["step"] == 18
+    with torch.no_grad():
+        assert model.evaluate(VALID)["loss"] == pytest.approx(line["loss"], rel=1e-6)
+    assert result["best"]["loss"] <= line["loss"]
+
+
+def test_moving_average_replaces_best_when_it_validates_better(tmp_path: Path) -> None:
+    result = make(tmp_path, monitor="loss", epochs=4, lr=0.5, ema_decay=0.9).fit()  # noisy steps
+    lines = log_lines(tmp_path)
+    [line] = [line for line in lines if line["event"] == "ema"]
+    valid = {line["epoch"]: line["loss"] for line in lines if line["event"] == "valid"}
+    assert line["loss"] < min(valid.values())
+    assert result["best"]["ema"] == 0.9 and result["best"]["loss"] == line["loss"]
+    best = {k[len("model."):]: v for k, v in snapshot(tmp_path, "best").items() if k.startswith("model.")}
+    assert same(best, ema_of(tmp_path))
+    assert read_meta(tmp_path / "checkpoints" / "best-epoch.safetensors")["trainer"]["state"]["epoch"] + 1 == \
+        min(valid, key=valid.get)  # the best single epoch is kept beside it
+
+
+def test_moving_average_survives_a_crash_and_resume(tmp_path: Path) -> None:
+    options = dict(monitor="loss", epochs=4, lr=0.5, ema_decay=0.9, average_last=2, checkpoint_every=3)
+    result = make(tmp_path / "ref", **options).fit()
+
+    def crash(calls: int) -> None:
+        if calls == 14:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError):
+        make(tmp_path / "run", hook=crash, **options).fit()
+    assert make(tmp_path / "run", **options).fit(resume=True) == result
+    assert log_lines(tmp_path / "run") == log_lines(tmp_path / "ref")
+    assert same(ema_of(tmp_path / "run"), ema_of(tmp_path / "ref"))
+    assert same(snapshot(tmp_path / "run", "best"), snapshot(tmp_path / "ref", "best"))
+    events = [line["event"] for line in log_lines(tmp_path / "ref")]
+    assert events[-2:] == ["average", "ema"]
+
+
+@pytest.mark.parametrize("decay", [-0.1, 1.0])
+def test_ema_decay_out_of_range_is_a_clean_error(tmp_path: Path, decay: float) -> None:
+    with pytest.raises(SeqkitError, match="train.ema_decay must be at least 0 and below 1"):
+        make(tmp_path, ema_decay=decay)

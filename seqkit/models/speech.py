@@ -55,8 +55,17 @@ class SpeechBatch:
 
 
 def collate(feats: Sequence[Tensor], targets: Optional[Sequence[list[int]]], texts: Sequence[str],
-            index: list[int]) -> SpeechBatch:
-    """Pad features (on their own device) and targets into one batch."""
+            index: list[int], *, repeat_last: bool = False) -> SpeechBatch:
+    """Pad features (on their own device) and targets into one batch.
+
+    Padding is zeros that the model masks out, or with ``repeat_last`` (training only) each
+    utterance's last frame repeated up to the longest one, every row then counting as that
+    long: a little more trailing silence to learn from, and the encoder can run torch's
+    fused multi-layer kernel, which needs equal lengths."""
+    if repeat_last:
+        longest = max(f.size(0) for f in feats)
+        feats = [f if f.size(0) == longest else torch.cat([f, f[-1:].expand(longest - f.size(0), -1)])
+                 for f in feats]
     lengths = torch.tensor([f.size(0) for f in feats], dtype=torch.long)
     x = pad_sequence(list(feats), batch_first=True)  # (N, L, F)
     tgt = tlen = None
@@ -72,8 +81,9 @@ class Batches(Sequence[SpeechBatch]):
     """Batches collated on access, so an epoch never holds a padded copy of the whole corpus."""
 
     def __init__(self, groups: list[list[int]], feats: Sequence[Tensor],
-                 targets: Optional[Sequence[list[int]]], texts: Sequence[str]) -> None:
+                 targets: Optional[Sequence[list[int]]], texts: Sequence[str], *, repeat_last: bool = False) -> None:
         self.groups, self.feats, self.targets, self.texts = groups, feats, targets, texts
+        self.repeat_last = repeat_last
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -83,14 +93,15 @@ class Batches(Sequence[SpeechBatch]):
             return [self[i] for i in range(*k.indices(len(self)))]
         g = self.groups[k]
         return collate([self.feats[i] for i in g], None if self.targets is None else [self.targets[i] for i in g],
-                       [self.texts[i] for i in g], g)
+                       [self.texts[i] for i in g], g, repeat_last=self.repeat_last)
 
 
 def make_batches(feats: Sequence[Tensor], targets: Optional[Sequence[list[int]]], texts: Sequence[str],
-                 batch_size: int, *, seed: Optional[int] = None) -> Batches:
-    """Batches of similar duration; shuffled deterministically when ``seed`` is set."""
+                 batch_size: int, *, seed: Optional[int] = None, repeat_last: bool = False) -> Batches:
+    """Batches of similar duration; shuffled deterministically when ``seed`` is set.
+    ``repeat_last``: see :func:`collate`."""
     groups = length_groups([f.size(0) for f in feats], batch_size, seed)
-    return Batches(groups, feats, targets, texts)
+    return Batches(groups, feats, targets, texts, repeat_last=repeat_last)
 
 
 class SpeechModel(nn.Module):
@@ -346,8 +357,9 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
         assert isinstance(trained, SpeechModel)
         return _report(trained, held["test"], extras, recipe.head.beam_size)
 
+    repeat_last = recipe.features.train_padding == "repeat"
     return Prepared(model, lambda epoch: make_batches(feats, targets, texts, cfg.batch_size,
-                                                      seed=cfg.seed * 1000 + epoch),
+                                                      seed=cfg.seed * 1000 + epoch, repeat_last=repeat_last),
                     held["valid"], held["test"], final_eval=final_eval)
 
 
