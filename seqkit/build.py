@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint
 from .errors import RecipeError, SeqkitError
 from .models import recipe_base
 from .recipe import Recipe
-from .train import Trainer, reuse_freed_memory
+from .train import Trainer, check_train_config, reuse_freed_memory
 
 __all__ = ["check_recipe", "evaluate_run", "load", "resolve_device", "run_recipe"]
 
@@ -87,6 +87,10 @@ def check_recipe(recipe: Recipe) -> None:
             f"{recipe.head.name!r} does {head_task}"
         )
     resolve_device(recipe.device, where=f"{src}: device")
+    try:
+        check_train_config(recipe.train)
+    except SeqkitError as exc:
+        raise RecipeError(f"{src}: {exc}") from None
     check = getattr(provider, "check", None)
     if check is not None:  # e.g. system programs the dataset needs
         check(recipe.data)

@@ -16,8 +16,9 @@ Run folder::
 With ``average_last: N`` the weights of the last 2..N epochs are averaged once training has
 finished (checkpoint averaging, as ESPnet and NeMo offer for ASR).  With ``ema_decay: d`` the
 trainer also keeps an exponential moving average of the weights, updated after every step
-(``avg += (1 - d) * (weights - avg)``; Polyak averaging) and saved in ``last`` so that resuming
-stays exact.  When training ends, each of these averages is validated; the best one replaces
+(``avg += (1 - d) * (weights - avg)``; Polyak averaging, without bias correction: it starts at
+the initial weights, whose share after k steps is ``d ** k``) and saved in ``last`` so that
+resuming stays exact.  When training ends, each of these averages is validated; the best one replaces
 ``best`` if it beats the best single epoch, which is then kept as ``best-epoch``.
 """
 
@@ -46,7 +47,7 @@ from .checkpoint import load_checkpoint, load_extra, preserved_rng, save_checkpo
 from .errors import SeqkitError
 from .recipe import TrainConfig
 
-__all__ = ["Trainer", "build_optimizer", "reuse_freed_memory"]
+__all__ = ["Trainer", "build_optimizer", "check_train_config", "reuse_freed_memory"]
 
 # Changing any of these between the interrupted run and --resume changes the result.
 _RESUME_SENSITIVE = ("seed", "batch_size", "optimizer", "lr", "lr_decay", "lr_schedule", "min_lr",
@@ -71,6 +72,15 @@ class _State:
     epoch_loss: float = 0.0  # for the progress bar's running mean
     epoch_steps: int = 0
     elapsed: float = 0.0  # seconds spent in fit() over all resumed sessions
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Refuse ``train`` settings the trainer cannot use (a recipe is checked before its data loads)."""
+    if config.average_last < 0:
+        raise SeqkitError(f"train.average_last must be 0 or more, got {config.average_last}")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise SeqkitError(f"train.ema_decay must be at least 0 and below 1, got {config.ema_decay} "
+                          "(0 turns it off; 0.999 averages over about the last 1000 steps)")
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -110,11 +120,7 @@ class Trainer:
         self.progress = progress
         self.meta = dict(meta or {})
         self.optimizer = build_optimizer(self.model, config)
-        if config.average_last < 0:
-            raise SeqkitError(f"train.average_last must be 0 or more, got {config.average_last}")
-        if not 0.0 <= config.ema_decay < 1.0:
-            raise SeqkitError(f"train.ema_decay must be at least 0 and below 1, got {config.ema_decay} "
-                              "(0 turns it off; 0.999 averages over about the last 1000 steps)")
+        check_train_config(config)
         if config.precision == "bf16" and self.device.type == "cpu" and not _cpu_has_native_bf16():
             print("Note: train.precision is bf16 but this CPU has no native bf16 (AVX512-BF16 or AMX); "
                   "bf16 matmuls run far slower than fp32 here.", file=sys.stderr)
@@ -430,8 +436,8 @@ class Trainer:
             load_checkpoint(path, self.model)
             state = self.model.state_dict()
             for key, value in state.items():
-                if value.is_floating_point():
-                    sums[key] = sums[key] + value.double() if key in sums else value.double()
+                if value.is_floating_point():  # a copy: double() of a float64 tensor is the tensor itself
+                    sums[key] = sums[key] + value.double() if key in sums else value.to(torch.float64, copy=True)
             if count >= 2:
                 average = {k: (sums[k] / count).to(v.dtype) if k in sums else v.clone() for k, v in state.items()}
                 yield ({"event": "average", "epochs": [number, newest]}, {"averaged": count}, average)
@@ -518,23 +524,23 @@ class Trainer:
         for path in stale:
             _remove_checkpoint(path)
         _truncate_lines(self.metrics_path, 0)
-        self._start_ema({})
+        self._start_ema(None)
 
-    def _start_ema(self, saved: dict[str, torch.Tensor]) -> None:
-        """Set up the moving average of the weights: from ``saved`` (a checkpoint's extras) when
-        it holds one, otherwise from the model's weights as they are now."""
+    def _start_ema(self, saved: dict[str, torch.Tensor] | None) -> None:
+        """Set up the moving average of the weights: from ``saved`` (the extras of the checkpoint
+        a run resumes from) when it holds one, otherwise from the model's weights as they are now."""
         self._ema, self._ema_live = {}, []
         if self.config.ema_decay <= 0:
             return
         state = self.model.state_dict()
         floating = [name for name, tensor in state.items() if tensor.is_floating_point()]
-        stored = {name: saved.get(_EMA + name) for name in floating}
-        if saved and any(t is None for t in stored.values()):
-            print("Note: the checkpoint has no moving average of the weights (train.ema_decay was 0 or "
-                  "changed); it starts from the current weights.", file=sys.stderr)
+        stored = {name: (saved or {}).get(_EMA + name) for name in floating}
+        usable = all(t is not None and t.shape == state[name].shape for name, t in stored.items())
+        if saved is not None and not usable:
+            print("Note: the checkpoint has no usable moving average of the weights (train.ema_decay was 0, "
+                  "or the model changed); it starts from the current weights.", file=sys.stderr)
         for name in floating:
-            kept = stored[name]
-            source = kept if kept is not None and kept.shape == state[name].shape else state[name]
+            source = stored[name] if usable else state[name]
             self._ema[name] = source.detach().to(state[name].device, state[name].dtype, copy=True)
         # state_dict() tensors share storage with the parameters, which the optimizer and
         # load_state_dict update in place, so they stay live for the whole run.

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqkit.errors import DataError, RecipeError
-from seqkit.features.audio import VTLP, Fbank, Normalizer, SpecAugment, as_waveform, read_audio, trim_silence
+from seqkit.features.audio import VTLP, Fbank, Normalizer, SpecAugment, as_waveform, read_audio
 from seqkit.features.frontend import ConvSubsampler
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
@@ -40,27 +40,6 @@ def test_real_espeak_audio_is_resampled_to_16k(tmp_path):
     assert wave.dtype == torch.float32 and wave.dim() == 1
     assert abs(wave.numel() - info.frames * 16000 / 22050) <= 2
     assert wave.abs().max() > 0.05  # speech, not silence
-
-
-@needs_espeak
-def test_trim_silence_cuts_espeaks_trailing_pause_to_the_margin(tmp_path):
-    wave = read_audio(espeak(tmp_path / "a.wav", "and god said let there be light"), 16000)
-    trimmed = trim_silence(wave, 16000)
-    assert wave.numel() - trimmed.numel() > 0.15 * 16000  # espeak-ng pauses ~0.25 s at the end
-    loud = torch.nonzero(wave.abs() > 0.01 * wave.abs().max()).flatten()
-    start, end = max(int(loud[0]) - 800, 0), int(loud[-1]) + 801  # 50 ms margins at 16 kHz
-    assert torch.equal(trimmed, wave[start:end])
-
-
-@given(st.integers(0, 4000), st.integers(1, 3000), st.integers(0, 4000))
-@settings(max_examples=40, deadline=None)
-def test_trim_silence_keeps_the_sound_and_a_margin(before, sound, after):
-    wave = torch.cat([torch.full((before,), 0.001), torch.full((sound,), 0.5), torch.full((after,), -0.002)])
-    trimmed = trim_silence(wave, 16000, margin_s=0.01)  # 160 samples
-    assert int((trimmed == 0.5).sum()) == sound  # every loud sample kept
-    assert trimmed.numel() == min(before, 160) + sound + min(after, 160)
-    silent = torch.zeros(500)
-    assert torch.equal(trim_silence(silent, 16000), silent)
 
 
 def test_resampling_keeps_pitch_and_mixes_channels_down(tmp_path):

@@ -205,7 +205,8 @@ def test_average_of_last_epochs_replaces_best_when_it_validates_better(tmp_path:
         model = Toy()
         mean = mean_of(tmp_path, range(line["epochs"][0], 5))
         model.lin.weight.data, model.lin.bias.data = mean["model.lin.weight"].float(), mean["model.lin.bias"].float()
-        assert model.evaluate(VALID)["loss"] == pytest.approx(line["loss"], rel=1e-5)
+        with torch.no_grad():
+            assert model.evaluate(VALID)["loss"] == pytest.approx(line["loss"], rel=1e-5)
     winner = min(averages, key=lambda a: a["loss"])
     assert winner["loss"] < min(valid.values())
     assert result["best"]["averaged"] == 5 - winner["epochs"][0]
@@ -403,7 +404,7 @@ def test_moving_average_survives_a_crash_and_resume(tmp_path: Path) -> None:
     result = make(tmp_path / "ref", **options).fit()
 
     def crash(calls: int) -> None:
-        if calls == 14:
+        if calls == 17:  # mid-epoch: resumes from the step-15 'last'
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError):
@@ -414,6 +415,22 @@ def test_moving_average_survives_a_crash_and_resume(tmp_path: Path) -> None:
     assert same(snapshot(tmp_path / "run", "best"), snapshot(tmp_path / "ref", "best"))
     events = [line["event"] for line in log_lines(tmp_path / "ref")]
     assert events[-2:] == ["average", "ema"]
+
+
+def test_resume_without_a_saved_moving_average_starts_it_there(tmp_path: Path, capsys) -> None:
+    make(tmp_path, monitor="loss", max_steps=8).fit()  # no moving average in 'last'
+    seen: list[dict[str, torch.Tensor]] = []  # the weights before each resumed step
+    trainer = make(tmp_path, hook=lambda calls: seen.append(weights(trainer)), monitor="loss", ema_decay=0.5)
+    trainer.fit(resume=True)
+    seen.append(weights(trainer))
+    err = capsys.readouterr().err
+    assert "no usable moving average of the weights" in err and "changed ema_decay" in err
+    assert len(seen) == 11  # steps 9..18
+    expected = {k: v.double() for k, v in seen[0].items()}  # starts at the weights of step 8
+    for after in seen[1:]:
+        expected = {k: 0.5 * expected[k] + 0.5 * after[k].double() for k in expected}
+    saved = ema_of(tmp_path)
+    assert all(torch.allclose(saved[k].double(), expected[k], atol=1e-6) for k in expected)
 
 
 @pytest.mark.parametrize("decay", [-0.1, 1.0])

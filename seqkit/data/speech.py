@@ -27,7 +27,7 @@ import soundfile
 from tqdm import tqdm
 
 from ..errors import DataError, RecipeError
-from ..features.audio import read_audio, trim_silence
+from ..features.audio import read_audio
 from ..recipe import DataConfig, SynthConfig
 
 __all__ = ["LIBRIVOX", "SpeechCorpus", "Utterance", "librivox_corpus", "librivox_provider",
@@ -36,8 +36,7 @@ __all__ = ["LIBRIVOX", "SpeechCorpus", "Utterance", "librivox_corpus", "librivox
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 RATE = 16000  # the rendered audio is stored as 16 kHz FLAC
-_FORMAT = 3  # bump when rendering changes, so that caches are rebuilt (2: cached resampler, float64 kernel;
-# 3: leading/trailing silence cut to 50 ms)
+_FORMAT = 2  # bump when rendering changes, so that caches are rebuilt (2: cached resampler, float64 kernel)
 # espeak-ng's English voices (accents) and voice variants, split so that the validation and
 # test voices and variants never occur in training.
 _VOICES = {"train": ("en", "en-us", "en-gb-x-rp", "en-gb-x-gbclan", "en-029"),
@@ -340,9 +339,7 @@ def _render(row: dict[str, Any], out: Path) -> None:
             raise DataError(f"{cmd[0]} failed on {row['said']!r}: {exc}") from None
         if done.returncode != 0 or not wav.exists():
             raise DataError(f"{' '.join(cmd[:-1])} failed on {row['said']!r}: {done.stderr.strip()[:200]}")
-        # espeak-ng ends each utterance with ~0.25 s of silence (7% of the frames); training
-        # on it costs time and teaches nothing
-        wave = trim_silence(read_audio(wav, RATE), RATE)
+        wave = read_audio(wav, RATE)
     part = out.with_name(out.name + ".part")
     soundfile.write(str(part), wave.numpy(), RATE, format="FLAC", subtype="PCM_16")
     os.replace(part, out)

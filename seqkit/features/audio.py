@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import DataError, RecipeError
 from ..recipe import FeaturesConfig
 
-__all__ = ["AudioInput", "Fbank", "Normalizer", "SpecAugment", "VTLP", "as_waveform", "read_audio", "trim_silence"]
+__all__ = ["AudioInput", "Fbank", "Normalizer", "SpecAugment", "VTLP", "as_waveform", "read_audio"]
 
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]
 HOP_MS, WINDOW_MS = 10, 25
@@ -71,20 +71,6 @@ def as_waveform(audio: Union[np.ndarray, Tensor], rate: int, sample_rate: int = 
     if rate != sample_rate:
         wave = _resampler(int(rate), int(sample_rate))(wave)
     return wave.contiguous()
-
-
-def trim_silence(wave: Tensor, sample_rate: int, *, threshold: float = 0.01, margin_s: float = 0.05) -> Tensor:
-    """Cut leading and trailing silence from a (T,) waveform, keeping ``margin_s`` seconds
-    around the first and last sample louder than ``threshold`` times the peak.  All-silent
-    audio comes back unchanged."""
-    level = wave.abs()
-    loud = torch.nonzero(level > threshold * level.max()).flatten()
-    if loud.numel() == 0:
-        return wave
-    keep = int(round(margin_s * sample_rate))
-    start = max(int(loud[0]) - keep, 0)
-    end = min(int(loud[-1]) + keep + 1, wave.numel())
-    return wave[start:end]
 
 
 @functools.lru_cache(maxsize=16)
