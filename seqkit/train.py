@@ -137,7 +137,8 @@ class Trainer:
         self._items = 0
         self._steps_per_epoch = 0
         self._ema: dict[str, torch.Tensor] = {}  # name -> moving average, when ema_decay > 0
-        self._ema_live: list[torch.Tensor] = []  # the model's tensors that self._ema follows
+        self._ema_avg: list[torch.Tensor] = []  # self._ema's values, in order, for the per-step update
+        self._ema_live: list[torch.Tensor] = []  # the model's tensors that they follow
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast for forward and loss when ``precision: bf16`` (backward runs outside it)."""
@@ -272,7 +273,7 @@ class Trainer:
         self.optimizer.step()
         if self._ema:
             with torch.no_grad():
-                torch._foreach_lerp_(list(self._ema.values()), self._ema_live, 1.0 - self.config.ema_decay)
+                torch._foreach_lerp_(self._ema_avg, self._ema_live, 1.0 - self.config.ema_decay)
         self.state.step += 1
         return value, int(batch.num_items)
 
@@ -511,7 +512,7 @@ class Trainer:
                 os.replace(single, self.checkpoint_path("best"))
                 os.replace(single.with_suffix(".json"), self.checkpoint_path("best").with_suffix(".json"))
             self._saved_key = self._progress_key()
-            self._start_ema(load_extra(last))
+            self._start_ema(load_extra(last) if self.config.ema_decay > 0 else {})  # only then read twice
             print(f"Resuming from {last} (epoch {self.state.epoch + 1}, "
                   f"step {self.state.step}).", file=sys.stderr)
             return
@@ -529,7 +530,7 @@ class Trainer:
     def _start_ema(self, saved: dict[str, torch.Tensor] | None) -> None:
         """Set up the moving average of the weights: from ``saved`` (the extras of the checkpoint
         a run resumes from) when it holds one, otherwise from the model's weights as they are now."""
-        self._ema, self._ema_live = {}, []
+        self._ema, self._ema_avg, self._ema_live = {}, [], []
         if self.config.ema_decay <= 0:
             return
         state = self.model.state_dict()
@@ -544,6 +545,7 @@ class Trainer:
             self._ema[name] = source.detach().to(state[name].device, state[name].dtype, copy=True)
         # state_dict() tensors share storage with the parameters, which the optimizer and
         # load_state_dict update in place, so they stay live for the whole run.
+        self._ema_avg = [self._ema[name] for name in floating]
         self._ema_live = [state[name] for name in floating]
 
     def _warn_changes(self, trainer: dict) -> None:
