@@ -75,6 +75,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int = 0  # 0: no limit
     batch_size: int = 32
+    sortagrad: bool = False  # first epoch in order of length, shortest batches first (SortaGrad)
     lr: float = 1e-3
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 0.0

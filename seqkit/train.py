@@ -50,7 +50,7 @@ from .recipe import TrainConfig
 __all__ = ["Trainer", "build_optimizer", "check_train_config", "reuse_freed_memory"]
 
 # Changing any of these between the interrupted run and --resume changes the result.
-_RESUME_SENSITIVE = ("seed", "batch_size", "optimizer", "lr", "lr_decay", "lr_schedule", "min_lr",
+_RESUME_SENSITIVE = ("seed", "batch_size", "sortagrad", "optimizer", "lr", "lr_decay", "lr_schedule", "min_lr",
                      "warmup_steps", "weight_decay", "clip_grad_norm", "max_length", "ema_decay")
 _EMA = "ema."  # prefix of the moving average's tensors among a checkpoint's extras
 

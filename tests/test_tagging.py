@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 import seqkit
@@ -112,3 +114,30 @@ def test_resume_with_a_different_model_is_refused(tmp_path):
     recipe = Recipe.load(CONLL, ["device=cpu", "encoder.hidden_size=32"])
     with pytest.raises(seqkit.errors.SeqkitError, match=r"encoder\.hidden_size: is 32 but the run"):
         run_recipe(recipe, tmp_path / "r", resume=True, progress=False)
+
+
+def test_sortagrad_takes_the_first_epoch_shortest_first(tmp_path):
+    from seqkit.models.tagging import prepare
+
+    def lengths(batches):
+        return [int(b.lengths.max()) for b in batches]
+
+    plain = prepare(Recipe.load(CONLL, ["device=cpu"]), tmp_path / "a", log=lambda msg: None)
+    sorted_ = prepare(Recipe.load(CONLL, ["device=cpu", "train.sortagrad=true"]), tmp_path / "b", log=lambda msg: None)
+    first = lengths(sorted_.train_batches(0))
+    assert first == sorted(first) and first[0] < first[-1]
+    assert lengths(plain.train_batches(0)) != first  # without it the first epoch is shuffled
+    # later epochs are shuffled as usual, the same batches as without sortagrad
+    assert [b.index for b in sorted_.train_batches(1)] == [b.index for b in plain.train_batches(1)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 50), max_size=120), st.integers(1, 9), st.integers(0, 5), st.booleans())
+def test_length_groups_cover_every_index_once(lengths, batch_size, seed, shortest_first):
+    from seqkit.models import length_groups
+
+    groups = length_groups(lengths, batch_size, seed, shortest_first=shortest_first)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert all(1 <= len(g) <= batch_size for g in groups)
+    if shortest_first:  # every batch no longer than the next one's shortest
+        assert all(max(lengths[i] for i in a) <= min(lengths[i] for i in b) for a, b in zip(groups, groups[1:]))

@@ -50,11 +50,13 @@ def load_splits(recipe: "Recipe", splits: Optional[Sequence[str]] = None) -> dic
     return provider(recipe.data, base=recipe_base(recipe))
 
 
-def length_groups(lengths: Sequence[int], batch_size: int, seed: Optional[int] = None) -> list[list[int]]:
-    """Index groups of similar length: sorted when ``seed`` is None (evaluation), else shuffled
-    deterministically, sorted within pools of 50 batches, and the batches shuffled again."""
+def length_groups(lengths: Sequence[int], batch_size: int, seed: Optional[int] = None, *,
+                  shortest_first: bool = False) -> list[list[int]]:
+    """Index groups of similar length: sorted when ``seed`` is None (evaluation) or
+    ``shortest_first`` (SortaGrad's first epoch), else shuffled deterministically, sorted within
+    pools of 50 batches, and the batches shuffled again."""
     order = list(range(len(lengths)))
-    if seed is None:
+    if seed is None or shortest_first:
         order.sort(key=lambda i: lengths[i])
         return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
     rng = random.Random(seed)

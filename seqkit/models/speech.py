@@ -97,10 +97,11 @@ class Batches(Sequence[SpeechBatch]):
 
 
 def make_batches(feats: Sequence[Tensor], targets: Optional[Sequence[list[int]]], texts: Sequence[str],
-                 batch_size: int, *, seed: Optional[int] = None, repeat_last: bool = False) -> Batches:
-    """Batches of similar duration; shuffled deterministically when ``seed`` is set.
-    ``repeat_last``: see :func:`collate`."""
-    groups = length_groups([f.size(0) for f in feats], batch_size, seed)
+                 batch_size: int, *, seed: Optional[int] = None, repeat_last: bool = False,
+                 shortest_first: bool = False) -> Batches:
+    """Batches of similar duration; shuffled deterministically when ``seed`` is set, unless
+    ``shortest_first`` (SortaGrad). ``repeat_last``: see :func:`collate`."""
+    groups = length_groups([f.size(0) for f in feats], batch_size, seed, shortest_first=shortest_first)
     return Batches(groups, feats, targets, texts, repeat_last=repeat_last)
 
 
@@ -359,7 +360,8 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
 
     repeat_last = recipe.features.train_padding == "repeat"
     return Prepared(model, lambda epoch: make_batches(feats, targets, texts, cfg.batch_size,
-                                                      seed=cfg.seed * 1000 + epoch, repeat_last=repeat_last),
+                                                      seed=cfg.seed * 1000 + epoch, repeat_last=repeat_last,
+                                                      shortest_first=cfg.sortagrad and epoch == 0),
                     held["valid"], held["test"], final_eval=final_eval)
 
 

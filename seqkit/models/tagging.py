@@ -71,9 +71,11 @@ def make_batches(
     batch_size: int,
     *,
     seed: Optional[int] = None,
+    shortest_first: bool = False,
 ) -> list[TagBatch]:
-    """Batches of similar length (little padding); shuffled deterministically when ``seed`` is set."""
-    groups = length_groups([len(r) for r in ids], batch_size, seed)
+    """Batches of similar length (little padding); shuffled deterministically when ``seed`` is
+    set, unless ``shortest_first`` (SortaGrad)."""
+    groups = length_groups([len(r) for r in ids], batch_size, seed, shortest_first=shortest_first)
     pick = lambda seq, g: None if seq is None else [seq[i] for i in g]  # noqa: E731
     return [collate(pick(ids, g), pick(bigrams, g), pick(tags, g), g) for g in groups]
 
@@ -252,7 +254,8 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
                                    cfg.eval_batch_size) if corpus.sentences else None)
     return Prepared(
         model,
-        lambda epoch: make_batches(ids, big, tags, cfg.batch_size, seed=cfg.seed * 1000 + epoch),
+        lambda epoch: make_batches(ids, big, tags, cfg.batch_size, seed=cfg.seed * 1000 + epoch,
+                                   shortest_first=cfg.sortagrad and epoch == 0),
         held["valid"],
         held["test"],
     )
