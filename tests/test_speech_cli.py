@@ -174,3 +174,16 @@ def test_load_and_transcribe_files_and_arrays(run, tmp_path, device):
         asr.transcribe([good, bad])
     with pytest.raises(DataError, match="sample_rate"):
         asr.transcribe(wave)
+
+
+def test_sortagrad_orders_the_first_speech_epoch_by_duration(run):
+    from seqkit.models.speech import prepare
+
+    recipe = Recipe.load(RECIPE, ["device=cpu", "train.batch_size=2", "data.limit=6", "train.sortagrad=true",
+                                  f"data.cache_dir={run.parent / 'cache'}", "data.synth.librivox=false"])
+    prepared = prepare(recipe, None, log=lambda msg: None)
+    first = [b.lengths.tolist() for b in prepared.train_batches(0)]
+    frames = [n for batch in first for n in sorted(batch)]
+    assert frames == sorted(frames) and len(frames) == 6  # shortest utterances first, every one once
+    later = [b.lengths.tolist() for b in prepared.train_batches(1)]
+    assert sorted(n for batch in later for n in batch) == sorted(frames)

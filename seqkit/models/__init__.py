@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 from torch import nn
 
 if TYPE_CHECKING:
-    from ..recipe import Recipe
+    from ..recipe import Recipe, TrainConfig
 
 __all__ = ["Prepared", "length_groups", "load_splits", "recipe_base"]
 
@@ -48,6 +48,13 @@ def load_splits(recipe: "Recipe", splits: Optional[Sequence[str]] = None) -> dic
     if splits is not None and "splits" in inspect.signature(provider).parameters:
         return provider(recipe.data, base=recipe_base(recipe), splits=tuple(splits))
     return provider(recipe.data, base=recipe_base(recipe))
+
+
+def epoch_order(train: TrainConfig, epoch: int) -> dict[str, Any]:
+    """How the training batches of ``epoch`` (0-based) are ordered, as ``make_batches`` keyword
+    arguments: shuffled by a seed of their own, or shortest first in the first epoch with
+    ``train.sortagrad``."""
+    return {"seed": train.seed * 1000 + epoch, "shortest_first": train.sortagrad and epoch == 0}
 
 
 def length_groups(lengths: Sequence[int], batch_size: int, seed: Optional[int] = None, *,

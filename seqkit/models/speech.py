@@ -27,7 +27,7 @@ from ..features.audio import VTLP, AudioInput, Fbank, Normalizer, SpecAugment, a
 from ..features.frontend import ConvSubsampler
 from ..heads.ctc import CTCVocab, error_rates
 from ..recipe import Recipe
-from . import Prepared, length_groups, load_splits, recipe_base
+from . import Prepared, epoch_order, length_groups, load_splits, recipe_base
 
 __all__ = ["SpeechBatch", "SpeechModel", "build_model", "evaluate_data", "load_splits", "prepare"]
 
@@ -360,8 +360,7 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
 
     repeat_last = recipe.features.train_padding == "repeat"
     return Prepared(model, lambda epoch: make_batches(feats, targets, texts, cfg.batch_size,
-                                                      seed=cfg.seed * 1000 + epoch, repeat_last=repeat_last,
-                                                      shortest_first=cfg.sortagrad and epoch == 0),
+                                                      repeat_last=repeat_last, **epoch_order(cfg, epoch)),
                     held["valid"], held["test"], final_eval=final_eval)
 
 

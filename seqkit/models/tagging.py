@@ -22,7 +22,7 @@ from ..heads.scheme import detect_scheme
 from ..heads.tagger import IGNORE
 from ..metrics.spans import span_scores, spans
 from ..recipe import Recipe
-from . import Prepared, length_groups, load_splits
+from . import Prepared, epoch_order, length_groups, load_splits
 
 __all__ = ["TagBatch", "TaggingModel", "build_model", "evaluate_data", "make_batches", "normalise_tags", "prepare"]
 
@@ -254,8 +254,7 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
                                    cfg.eval_batch_size) if corpus.sentences else None)
     return Prepared(
         model,
-        lambda epoch: make_batches(ids, big, tags, cfg.batch_size, seed=cfg.seed * 1000 + epoch,
-                                   shortest_first=cfg.sortagrad and epoch == 0),
+        lambda epoch: make_batches(ids, big, tags, cfg.batch_size, **epoch_order(cfg, epoch)),
         held["valid"],
         held["test"],
     )
