@@ -68,6 +68,7 @@ class FeaturesConfig:
     conv_layers: int = 2  # 3x3 conv layers, each halving the mel axis
     conv_channels: int = 32
     train_padding: Literal["mask", "repeat"] = "mask"  # repeat: pad training utterances with their last frame
+    trim_silence: Optional[float] = None  # training only: seconds of silence kept at either end; null: all
 
 
 @dataclass

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqkit.errors import DataError, RecipeError
-from seqkit.features.audio import VTLP, Fbank, Normalizer, SpecAugment, as_waveform, read_audio
+from seqkit.features.audio import VTLP, Fbank, Normalizer, SpecAugment, as_waveform, read_audio, trim_silence
 from seqkit.features.frontend import ConvSubsampler
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
@@ -188,6 +188,47 @@ def test_conv_frontend_tracks_lengths_exactly(lengths, subsampling):
         assert alone.size(1) == expected[i] == int(alone_len)
         torch.testing.assert_close(y[i, : expected[i]], alone[0], atol=1e-5, rtol=1e-5)
         assert bool((y[i, expected[i]:] == 0).all())
+
+
+def test_trim_silence_keeps_the_speech_and_the_asked_silence():
+    rate = 16000
+    t = np.arange(rate // 2) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))  # 0.5 s
+    pause = np.zeros(rate // 5)
+    wave = np.concatenate([np.zeros(rate // 4), tone, pause, tone, np.zeros(rate)]).astype(np.float32)
+    feats = Fbank(rate)(torch.from_numpy(wave))  # 0.25 s silence, speech, 0.2 s pause, speech, 1 s silence
+    trimmed = trim_silence(feats, keep=10)
+    assert 140 <= trimmed.size(0) <= 145  # 1.2 s of speech and pause, plus 0.1 s at each end
+    n = trimmed.size(0)
+    starts = [s for s in range(feats.size(0) - n + 1) if torch.equal(trimmed, feats[s: s + n])]
+    assert len(starts) == 1 and 12 <= starts[0] <= 16  # one slice, 0.1 s before the speech; pause kept
+    assert trim_silence(feats, keep=0).size(0) < trimmed.size(0) - 18
+    assert trim_silence(feats, keep=1000) is feats  # less silence than asked: unchanged
+    quiet = Fbank(rate)(torch.zeros(rate))
+    assert trim_silence(quiet, keep=5).size(0) == quiet.size(0)  # all silence: nothing to trim against
+    assert trim_silence(feats[:0], keep=5).size(0) == 0
+
+
+def test_conv_frontend_channels_last_path_matches_plain_convolutions():
+    """On the CPU the front-end runs its convolutions channels-last; values and gradients must
+    be those of the modules' own (NCHW) convolutions."""
+    torch.manual_seed(0)
+    conv = ConvSubsampler(20, 8, subsampling=4, num_layers=2, channels=6)
+    x = torch.randn(3, 29, 20)
+    lengths = torch.tensor([29, 17, 5])
+    y, _ = conv(x, lengths)
+    grads = torch.autograd.grad(y.square().sum(), [conv.convs[0].weight, conv.convs[1].weight])
+
+    h, n = x.unsqueeze(1), lengths
+    for layer, s in zip(conv.convs, conv.strides):
+        h = layer(h).relu()
+        n = (n - 1) // s + 1
+        h = h * (torch.arange(h.size(2))[None, :] < n[:, None])[:, None, :, None]
+    ref = conv.proj(h.permute(0, 2, 1, 3).reshape(3, h.size(2), -1))
+    ref = ref * (torch.arange(ref.size(1))[None, :] < n[:, None])[:, :, None]
+    torch.testing.assert_close(y, ref)
+    for got, want in zip(grads, torch.autograd.grad(ref.square().sum(), [conv.convs[0].weight, conv.convs[1].weight])):
+        torch.testing.assert_close(got, want)
 
 
 def test_conv_frontend_refuses_impossible_subsampling():

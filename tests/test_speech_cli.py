@@ -187,3 +187,25 @@ def test_sortagrad_orders_the_first_speech_epoch_by_duration(run):
     assert frames == sorted(frames) and len(frames) == 6  # shortest utterances first, every one once
     later = [b.lengths.tolist() for b in prepared.train_batches(1)]
     assert sorted(n for batch in later for n in batch) == sorted(frames)
+
+
+def test_trim_silence_shortens_training_utterances_only(run):
+    from seqkit.errors import RecipeError
+    from seqkit.models.speech import prepare
+
+    base = ["device=cpu", "train.batch_size=2", "data.limit=6", f"data.cache_dir={run.parent / 'cache'}",
+            "data.synth.librivox=false", "data.synth.flite=0"]
+    logs: list[str] = []
+    plain = prepare(Recipe.load(RECIPE, base), None, log=lambda msg: None)
+    trimmed = prepare(Recipe.load(RECIPE, base + ["features.trim_silence=0.05"]), None, log=logs.append)
+
+    def frames(batches):
+        return sorted(n for b in batches for n in b.lengths.tolist())
+
+    before, after = frames(plain.train_batches(0)), frames(trimmed.train_batches(0))
+    assert len(after) == len(before) == 6 and sum(after) < sum(before)  # espeak-ng ends in silence
+    assert frames(trimmed.valid_batches) == frames(plain.valid_batches)
+    assert frames(trimmed.test_batches) == frames(plain.test_batches)
+    assert any("trimmed silence" in line for line in logs)
+    with pytest.raises(RecipeError, match="features.trim_silence"):
+        prepare(Recipe.load(RECIPE, base + ["features.trim_silence=-1"]), None, log=lambda msg: None)

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import DataError, RecipeError
 from ..recipe import FeaturesConfig
 
-__all__ = ["AudioInput", "Fbank", "Normalizer", "SpecAugment", "VTLP", "as_waveform", "read_audio"]
+__all__ = ["AudioInput", "Fbank", "Normalizer", "SpecAugment", "VTLP", "as_waveform", "read_audio", "trim_silence"]
 
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]
 HOP_MS, WINDOW_MS = 10, 25
@@ -107,6 +107,25 @@ class Fbank(nn.Module):
 
     def forward(self, wave: Tensor) -> Tensor:
         return (self.mel(wave.float()) + _LOG_FLOOR).log().transpose(0, 1)  # (L, F)
+
+
+SILENCE_DB = 50.0  # trim_silence: a frame this far below the loudest one is silence
+
+
+def trim_silence(feats: Tensor, keep: int) -> Tensor:
+    """(L, F) log-mel features with at most ``keep`` frames of silence left at either end.
+
+    Silence is a frame whose energy (all mel bins together) lies more than ``SILENCE_DB``
+    below the utterance's loudest frame; frames between the first and last loud ones stay,
+    pauses included. An utterance that is all silence is returned as it is.
+    """
+    if feats.size(0) == 0:
+        return feats
+    energy = feats.logsumexp(dim=1)  # natural log of each frame's mel power
+    loud = (energy >= energy.max() - SILENCE_DB * np.log(10) / 10).nonzero()[:, 0]
+    start = max(0, int(loud[0]) - keep)
+    end = min(feats.size(0), int(loud[-1]) + 1 + keep)
+    return feats if (start, end) == (0, feats.size(0)) else feats[start:end].clone()
 
 
 def _frame_mask(lengths: Tensor, length: int) -> Tensor:

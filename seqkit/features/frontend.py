@@ -6,7 +6,9 @@ Shape legend: N batch, L frames, F mel bins, C channels, E output features.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from ..errors import RecipeError
 from .audio import _frame_mask
@@ -73,8 +75,15 @@ class ConvSubsampler(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         h = x.unsqueeze(1)  # (N, 1, L, F)
+        # On the CPU, oneDNN runs these few-channel convolutions about 1.7x faster (backward
+        # above all) channels-last; same values. clone, not contiguous: with one channel the
+        # strides are ambiguous and contiguous() would keep the NCHW kernel.
+        channels_last = h.device.type == "cpu"
+        if channels_last:
+            h = h.clone(memory_format=torch.channels_last)
         for conv, s in zip(self.convs, self.strides, strict=True):
-            h = conv(h).relu()  # (N, C, L_i, F_i)
+            weight = conv.weight.clone(memory_format=torch.channels_last) if channels_last else conv.weight
+            h = F.conv2d(h, weight, conv.bias, conv.stride, conv.padding).relu()  # (N, C, L_i, F_i)
             lengths = subsampled_lengths(lengths, [s])
             keep = _frame_mask(lengths.to(h.device), h.size(2))  # (N, L_i)
             h = h * keep[:, None, :, None].to(h.dtype)  # zero past each length

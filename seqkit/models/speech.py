@@ -23,7 +23,17 @@ from .. import registry
 from ..data.speech import SpeechCorpus, read_manifest
 from ..encoder import Encoder
 from ..errors import DataError, RecipeError, SeqkitError
-from ..features.audio import VTLP, AudioInput, Fbank, Normalizer, SpecAugment, as_waveform, read_audio
+from ..features.audio import (
+    HOP_MS,
+    VTLP,
+    AudioInput,
+    Fbank,
+    Normalizer,
+    SpecAugment,
+    as_waveform,
+    read_audio,
+    trim_silence,
+)
 from ..features.frontend import ConvSubsampler
 from ..heads.ctc import CTCVocab, error_rates
 from ..recipe import Recipe
@@ -336,10 +346,19 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     torch.manual_seed(recipe.train.seed)
     lexicon = _lexicon(recipe, vocab_dir, [u.text for u in splits["train"].utterances])
     model = SpeechModel(recipe, vocab, head_cls, lexicon)
+    trim = recipe.features.trim_silence
+    if trim is not None and not trim >= 0:
+        raise RecipeError(f"{recipe.source}: features.trim_silence: expected seconds of silence to keep, "
+                          f">= 0 (0.1 is typical), or null to keep it all; got {trim}")
     data = {name: _features(model, corpus, log, name) for name, corpus in splits.items() if corpus.utterances}
     feats, texts = data["train"]
     if not feats:
         raise SeqkitError(f"{splits['train'].path}: no readable training audio")
+    if trim is not None:
+        before = sum(f.size(0) for f in feats)
+        feats = [trim_silence(f, round(trim * 1000 / HOP_MS)) for f in feats]
+        log(f"trimmed silence at the ends of training utterances: {before / 360000:.1f} h -> "
+            f"{sum(f.size(0) for f in feats) / 360000:.1f} h")
     if recipe.features.normalize == "global":
         model.normalize.fit(feats)
     targets = [vocab.encode(t) for t in texts]
