@@ -126,9 +126,36 @@ def test_synth_speech_is_deterministic_cached_and_held_out(tmp_path, monkeypatch
         assert not {u.info["voice"] for u in held} & {u.info["voice"] for u in train}
         assert not {u.info["variant"] for u in held} & {u.info["variant"] for u in train}
     # cached: a second build renders nothing
-    monkeypatch.setattr(speech, "_render", lambda *a: pytest.fail("rendered again"))
+    monkeypatch.setattr(speech, "_render_espeak", lambda *a: pytest.fail("rendered again"))
+    monkeypatch.setattr(speech, "_render_flite", lambda *a: pytest.fail("rendered again"))
     cached = speech.synth_provider(recipe.data, base=tmp_path)
     assert [u.audio for u in cached["train"].utterances] == [u.audio for u in train]
+
+
+@needs_espeak
+def test_espeak_audio_does_not_depend_on_jobs_or_on_resuming(tmp_path, monkeypatch):
+    # libespeak-ng keeps state between utterances: each fixed chunk starts a fresh process
+    monkeypatch.setattr(speech, "_ESPEAK_CHUNK", 3)
+    full = speech.synth_provider(_recipe(tmp_path / "a").data, base=tmp_path)["train"].utterances
+    recipe = _recipe(tmp_path / "b", jobs=1)
+    speech.synth_provider(recipe.data, base=tmp_path)
+    split = next((tmp_path / "b" / "cache" / "synth-speech").glob("train-*"))
+    for name in ("000001.flac", "000004.flac", "manifest.jsonl"):  # an interrupted build
+        (split / name).unlink()
+    resumed = speech.synth_provider(recipe.data, base=tmp_path)["train"].utterances
+    assert len(resumed) == len(full) == 6
+    waves = [soundfile.read(str(u.audio))[0] for u in full]
+    assert all(np.array_equal(w, soundfile.read(str(u.audio))[0]) for w, u in zip(waves, resumed, strict=True))
+    assert len({w.size for w in waves}) > 1 and all(w.size > 8000 for w in waves)  # real, distinct speech
+
+
+@needs_espeak
+def test_espeak_failure_names_the_voice_and_the_text(tmp_path):
+    row = {"engine": "espeak-ng", "voice": "xx-no-such-voice", "variant": "", "speed": 150, "pitch": 50,
+           "gap": 0, "said": "hello there"}
+    with pytest.raises(DataError, match=r"espeak-ng -v xx-no-such-voice failed on 'hello there'"):
+        speech._render_espeak([(row, tmp_path / "0.flac")], {tmp_path / "0.flac"})
+    assert not (tmp_path / "0.flac").exists()
 
 
 @needs_espeak

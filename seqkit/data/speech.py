@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,11 @@ __all__ = ["LIBRIVOX", "SpeechCorpus", "Utterance", "librivox_corpus", "librivox
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 RATE = 16000  # the rendered audio is stored as 16 kHz FLAC
-_FORMAT = 2  # bump when rendering changes, so that caches are rebuilt (2: cached resampler, float64 kernel)
+# bump when rendering changes, so that caches are rebuilt (2: cached resampler, float64 kernel;
+# 3: espeak-ng through libespeak-ng, _ESPEAK_CHUNK utterances per process)
+_FORMAT = 3
+_ESPEAK_CHUNK = 32  # espeak-ng utterances rendered in order by one fresh process
+_ESPEAK_WORKER = Path(__file__).with_name("espeak_worker.py")
 # espeak-ng's English voices (accents) and voice variants, split so that the validation and
 # test voices and variants never occur in training.
 _VOICES = {"train": ("en", "en-us", "en-gb-x-rp", "en-gb-x-gbclan", "en-029"),
@@ -319,40 +324,77 @@ def _plan(split: str, sentences: list[tuple[str, str]], count: int, seed: int) -
     return plan
 
 
-def _render(row: dict[str, Any], out: Path) -> None:
-    """Synthesize one utterance to a 16 kHz FLAC file (written atomically)."""
+def _to_flac(wav: Path, out: Path) -> None:
+    """A synthesizer's WAV as 16 kHz FLAC, written atomically."""
+    audio = read_audio(wav, RATE)
+    part = out.with_name(out.name + ".part")
+    soundfile.write(str(part), audio.numpy(), RATE, format="FLAC", subtype="PCM_16")
+    os.replace(part, out)
+
+
+def _render_flite(row: dict[str, Any], out: Path) -> None:
+    """One flite utterance (the flite program, one process each)."""
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "out.wav"
-        if row["engine"] == "flite":
-            cmd = ["flite", "-voice", row["voice"], "--setf", f"duration_stretch={row['stretch']}",
-                   "-t", row["said"], "-o", str(wav)]
-            stdin = None
-        else:
-            voice = row["voice"] + (f"+{row['variant']}" if row["variant"] else "")
-            # -w writes a proper WAV header (--stdout's frame count is bogus)
-            cmd = ["espeak-ng", "-v", voice, "-s", str(row["speed"]), "-p", str(row["pitch"]),
-                   "-g", str(row["gap"]), "-w", str(wav), "--stdin"]
-            stdin = row["said"]
+        cmd = ["flite", "-voice", row["voice"], "--setf", f"duration_stretch={row['stretch']}",
+               "-t", row["said"], "-o", str(wav)]
         try:
-            done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as exc:
-            raise DataError(f"{cmd[0]} failed on {row['said']!r}: {exc}") from None
+            raise DataError(f"flite failed on {row['said']!r}: {exc}") from None
         if done.returncode != 0 or not wav.exists():
-            raise DataError(f"{' '.join(cmd[:-1])} failed on {row['said']!r}: {done.stderr.strip()[:200]}")
-        wave = read_audio(wav, RATE)
-    part = out.with_name(out.name + ".part")
-    soundfile.write(str(part), wave.numpy(), RATE, format="FLAC", subtype="PCM_16")
-    os.replace(part, out)
+            raise DataError(f"{' '.join(cmd[:-3])} failed on {row['said']!r}: {done.stderr.strip()[:200]}")
+        _to_flac(wav, out)
+
+
+def _render_espeak(rows: list[tuple[dict[str, Any], Path]], todo: Collection[Path]) -> None:
+    """A chunk of espeak-ng utterances, in order, by one fresh worker process (libespeak-ng
+    keeps state between utterances, so a chunk always starts from a new process); writes the
+    FLAC files that are in ``todo``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wavs = [Path(tmp) / f"{i}.wav" for i in range(len(rows))]
+        lines = "".join(json.dumps({k: row[k] for k in ("voice", "variant", "speed", "pitch", "gap", "said")}
+                                   | {"wav": str(wav)}) + "\n" for (row, _), wav in zip(rows, wavs, strict=True))
+        try:
+            done = subprocess.run([sys.executable, "-S", str(_ESPEAK_WORKER)], input=lines, capture_output=True,
+                                  text=True, timeout=60 + 10 * len(rows))
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise DataError(f"espeak-ng failed on {rows[0][0]['said']!r}: {exc}") from None
+        answers = done.stdout.splitlines()
+        for i, ((row, out), wav) in enumerate(zip(rows, wavs, strict=True)):
+            answer = answers[i] if i < len(answers) else (
+                answers[-1] if answers else done.stderr.strip()[-200:] or f"exit status {done.returncode}")
+            if answer != "ok":
+                voice = row["voice"] + (f"+{row['variant']}" if row["variant"] else "")
+                raise DataError(f"espeak-ng -v {voice} failed on {row['said']!r}: {answer}")
+            if out in todo:
+                _to_flac(wav, out)
 
 
 def _build_split(split: str, folder: Path, plan: list[dict[str, Any]], jobs: int) -> SpeechCorpus:
     folder.mkdir(parents=True, exist_ok=True)
     audio = [folder / f"{i:06d}.flac" for i in range(len(plan))]
-    todo = [(row, path) for row, path in zip(plan, audio, strict=True) if not path.exists()]  # resumes a partial build
+    todo = {path for path in audio if not path.exists()}  # resumes a partial build
+    tasks: list[tuple[list[tuple[dict[str, Any], Path]], int]] = []  # (utterances, files they add)
+    for start in range(0, len(plan), _ESPEAK_CHUNK):
+        rows = list(zip(plan[start: start + _ESPEAK_CHUNK], audio[start: start + _ESPEAK_CHUNK]))
+        espeak = [(row, path) for row, path in rows if row["engine"] == "espeak-ng"]
+        if any(path in todo for _, path in espeak):
+            tasks.append((espeak, sum(path in todo for _, path in espeak)))
+        tasks += [([(row, path)], 1) for row, path in rows if row["engine"] == "flite" and path in todo]
+
+    def run(task: tuple[list[tuple[dict[str, Any], Path]], int]) -> int:
+        rows, count = task
+        if rows[0][0]["engine"] == "flite":
+            _render_flite(*rows[0])
+        else:
+            _render_espeak(rows, todo)
+        return count
+
     with ThreadPoolExecutor(max_workers=jobs) as pool, \
             tqdm(total=len(todo), desc=f"synth-speech {split}", unit="utt", disable=None) as bar:
-        for _ in pool.map(lambda job: _render(*job), todo):
-            bar.update(1)
+        for count in pool.map(run, tasks):
+            bar.update(count)
     utts = [Utterance(path, normalize_transcript(row["said"]), {k: v for k, v in row.items()})
             for row, path in zip(plan, audio, strict=True)]
     write_manifest(folder / "manifest.jsonl", utts)  # written last: the split is complete
