@@ -26,13 +26,15 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 
 
 def main() -> int:
-    name = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
     try:
-        lib = ctypes.CDLL(name)
-    except OSError as exc:
-        print(f"error: cannot load libespeak-ng ({exc}); install it with `sudo apt-get install espeak-ng`",
-              flush=True)
-        return 1
+        lib = ctypes.CDLL("libespeak-ng.so.1")  # Debian's; searching (find_library) runs ldconfig
+    except OSError:
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("espeak-ng") or "libespeak-ng.so")
+        except OSError as exc:
+            print(f"error: cannot load libespeak-ng ({exc}); install it with `sudo apt-get install espeak-ng`",
+                  flush=True)
+            return 1
     rate = lib.espeak_Initialize(_SYNCHRONOUS, 0, None, 0)
     if rate <= 0:
         print(f"error: espeak_Initialize failed ({rate}); is espeak-ng-data installed?", flush=True)
