@@ -158,6 +158,19 @@ def test_espeak_failure_names_the_voice_and_the_text(tmp_path):
     assert not (tmp_path / "0.flac").exists()
 
 
+def test_a_dying_espeak_worker_is_one_error_with_its_reason(tmp_path, monkeypatch):
+    # Stand-in for a worker that crashes after the first utterance (a real crash cannot be forced).
+    worker = tmp_path / "worker.py"
+    worker.write_text("import sys\nsys.stdin.readline()\nprint('ok', flush=True)\n"
+                      "sys.exit('Segmentation fault in libespeak-ng')\n")
+    monkeypatch.setattr(speech, "_ESPEAK_WORKER", worker)
+    row = {"engine": "espeak-ng", "voice": "en-us", "variant": "m2", "speed": 150, "pitch": 50, "gap": 0}
+    rows = [({**row, "said": "first one"}, tmp_path / "0.flac"), ({**row, "said": "second one"}, tmp_path / "1.flac")]
+    with pytest.raises(DataError, match=r"espeak-ng -v en-us\+m2 failed on 'second one': Segmentation fault"):
+        speech._render_espeak(rows, {tmp_path / "1.flac"})  # the first is not asked for: not read
+    assert not (tmp_path / "1.flac").exists()
+
+
 @needs_espeak
 def test_test_split_alone_renders_only_its_own_audio(tmp_path):
     # What `seqkit evaluate RUN` does on a machine without the training audio.

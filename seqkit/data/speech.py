@@ -351,21 +351,23 @@ def _render_espeak(rows: list[tuple[dict[str, Any], Path]], todo: Collection[Pat
     """A chunk of espeak-ng utterances, in order, by one fresh worker process (libespeak-ng
     keeps state between utterances, so a chunk always starts from a new process); writes the
     FLAC files that are in ``todo``."""
+    voices = [row["voice"] + (f"+{row['variant']}" if row["variant"] else "") for row, _ in rows]
     with tempfile.TemporaryDirectory() as tmp:
         wavs = [Path(tmp) / f"{i}.wav" for i in range(len(rows))]
-        lines = "".join(json.dumps({k: row[k] for k in ("voice", "variant", "speed", "pitch", "gap", "said")}
-                                   | {"wav": str(wav)}) + "\n" for (row, _), wav in zip(rows, wavs, strict=True))
+        fields = ("speed", "pitch", "gap", "said")
+        lines = "".join(json.dumps({"voice": voice, "wav": str(wav)} | {k: row[k] for k in fields}) + "\n"
+                        for (row, _), voice, wav in zip(rows, voices, wavs, strict=True))
         try:
             done = subprocess.run([sys.executable, "-S", str(_ESPEAK_WORKER)], input=lines, capture_output=True,
                                   text=True, timeout=60 + 10 * len(rows))
         except (OSError, subprocess.SubprocessError) as exc:
             raise DataError(f"espeak-ng failed on {rows[0][0]['said']!r}: {exc}") from None
         answers = done.stdout.splitlines()
-        for i, ((row, out), wav) in enumerate(zip(rows, wavs, strict=True)):
+        for i, ((row, out), voice, wav) in enumerate(zip(rows, voices, wavs, strict=True)):
+            # no answer: the worker died; what it said on stderr (a traceback's last line) tells why
             answer = answers[i] if i < len(answers) else (
-                answers[-1] if answers else done.stderr.strip()[-200:] or f"exit status {done.returncode}")
+                done.stderr.strip()[-200:] or f"the worker stopped with exit status {done.returncode}")
             if answer != "ok":
-                voice = row["voice"] + (f"+{row['variant']}" if row["variant"] else "")
                 raise DataError(f"espeak-ng -v {voice} failed on {row['said']!r}: {answer}")
             if out in todo:
                 _to_flac(wav, out)
@@ -379,8 +381,9 @@ def _build_split(split: str, folder: Path, plan: list[dict[str, Any]], jobs: int
     for start in range(0, len(plan), _ESPEAK_CHUNK):
         rows = list(zip(plan[start: start + _ESPEAK_CHUNK], audio[start: start + _ESPEAK_CHUNK]))
         espeak = [(row, path) for row, path in rows if row["engine"] == "espeak-ng"]
-        if any(path in todo for _, path in espeak):
-            tasks.append((espeak, sum(path in todo for _, path in espeak)))
+        missing = sum(path in todo for _, path in espeak)
+        if missing:
+            tasks.append((espeak, missing))
         tasks += [([(row, path)], 1) for row, path in rows if row["engine"] == "flite" and path in todo]
 
     def run(task: tuple[list[tuple[dict[str, Any], Path]], int]) -> int:
