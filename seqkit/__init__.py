@@ -1,17 +1,21 @@
 """seqkit: recurrent sequence models on one shared stacked bidirectional encoder.
 
 Public names: ``Cell`` (the recurrent cell contract), ``Encoder`` (the shared encoder),
-``hookimpl`` (the plugin marker), ``Recipe`` (typed recipes) and ``load`` (a trained model
-from a run folder).
+``hookimpl`` (the plugin marker), ``Recipe`` (typed recipes), ``load`` (a trained model
+from a run folder), ``Task`` and ``ModelOutput`` (the task contract; helpers in ``seqkit.tasks``)
+and the errors a user can cause (``SeqkitError``, ``RecipeError``, ``DataError``).
 """
 
 from .hookspecs import hookimpl
 
 __version__ = "0.1.0"
 
+from . import tasks  # noqa: E402
 from .cells import Cell  # noqa: E402
 from .encoder import Encoder  # noqa: E402
+from .errors import DataError, RecipeError, SeqkitError  # noqa: E402
 from .recipe import Recipe  # noqa: E402
+from .tasks import ModelOutput, Task  # noqa: E402
 
 
 def load(run_dir, *, device: str = "cpu", checkpoint: str = "best"):
@@ -27,4 +31,5 @@ def load(run_dir, *, device: str = "cpu", checkpoint: str = "best"):
     return _load(run_dir, device=device, checkpoint=checkpoint)
 
 
-__all__ = ["Cell", "Encoder", "Recipe", "__version__", "hookimpl", "load"]
+__all__ = ["Cell", "DataError", "Encoder", "ModelOutput", "Recipe", "RecipeError", "SeqkitError", "Task",
+           "__version__", "hookimpl", "load", "tasks"]

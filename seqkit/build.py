@@ -3,8 +3,6 @@ onto a ready-to-use model (``seqkit.load``)."""
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import resource
 import sys
@@ -18,15 +16,13 @@ from torch import nn
 from . import registry
 from .checkpoint import load_checkpoint
 from .errors import RecipeError, SeqkitError
-from .models import recipe_base
 from .recipe import Recipe
+from .tasks import Task, get_task, recipe_base, write_json
 from .train import Trainer, check_train_config, reuse_freed_memory
 
 __all__ = ["check_recipe", "evaluate_run", "load", "resolve_device", "run_recipe"]
 
 RECIPE_FILE = "recipe.yaml"
-# the task modules, by the ``task`` attribute of a registered head
-TASKS = {"tagging": "seqkit.models.tagging", "transcription": "seqkit.models.speech"}
 # keys a resumed run may change: how long to train, not what is trained
 _RESUMABLE_CHANGES = {"epochs", "max_steps", "patience"}
 
@@ -64,28 +60,22 @@ def resolve_device(spec: str, where: str = "device") -> torch.device:
     raise RecipeError(f"{where}: {spec!r} is not a device; expected auto, cpu, cuda, cuda:N or mps")
 
 
-def task_module(recipe: Recipe, where: str):
-    """The task module for the recipe's head (``seqkit.models.tagging`` for ``tagger``)."""
-    head = registry.heads.get(recipe.head.name, where=f"{where}: head.name")
-    task = getattr(head, "task", None)
-    if task not in TASKS:
-        raise RecipeError(f"{where}: head.name: head {recipe.head.name!r} has unknown task {task!r}")
-    return importlib.import_module(TASKS[task])
-
-
-def check_recipe(recipe: Recipe) -> None:
-    """Check the names a recipe uses against the registries and its device; raise one clear error."""
+def check_recipe(recipe: Recipe) -> Task:
+    """Everything about a recipe that can be checked before its data is read: registered names,
+    the pairing of task, head and dataset, the device, the train settings, the programs the
+    dataset needs and the task's own checks. ``seqkit recipe validate`` and ``seqkit recipe run``
+    both call this, so they accept exactly the same recipes. Returns the task."""
     src = recipe.source
     registry.cells.get(recipe.encoder.cell, where=f"{src}: encoder.cell")
+    task = get_task(recipe)
     head = registry.heads.get(recipe.head.name, where=f"{src}: head.name")
     provider = registry.datasets.get(recipe.data.dataset, where=f"{src}: data.dataset")
-    head_task = getattr(head, "task", None)
-    data_task = getattr(provider, "task", None)
-    if head_task and data_task and head_task != data_task:
-        raise RecipeError(
-            f"{src}: data.dataset: {recipe.data.dataset!r} provides {data_task} data but head "
-            f"{recipe.head.name!r} does {head_task}"
-        )
+    for what, key, component in (("head", f"head.name: {recipe.head.name!r}", head),
+                                 ("dataset", f"data.dataset: {recipe.data.dataset!r}", provider)):
+        serves = getattr(component, "task", None)
+        if serves and serves != recipe.task.name:
+            raise RecipeError(f"{src}: {key.split(':')[0]}: {what} {key.split(': ', 1)[1]} serves task {serves!r}, "
+                              f"but the recipe's task is {recipe.task.name!r}")
     resolve_device(recipe.device, where=f"{src}: device")
     try:
         check_train_config(recipe.train)
@@ -94,21 +84,32 @@ def check_recipe(recipe: Recipe) -> None:
     check = getattr(provider, "check", None)
     if check is not None:  # e.g. system programs the dataset needs
         check(recipe.data)
+    task.check(recipe)
+    return task
 
 
-def _absolute_data_paths(recipe: Recipe) -> None:
-    """Data paths are read relative to the recipe's folder; the run folder keeps them absolute."""
+def _absolute_paths(recipe: Recipe) -> None:
+    """Path options are read relative to the recipe's folder; the run folder keeps them absolute.
+    A path option is a string field named like a file (train/valid/test/lexicon/...) whose value
+    exists there; ``cache_dir`` and ``encoder.init_from`` are relative to the current folder, like --out."""
     base = recipe_base(recipe)
-    for key in ("train", "valid", "test"):
-        value = getattr(recipe.data, key, None)
-        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
-            setattr(recipe.data, key, str((base / Path(value)).resolve()))
-    if recipe.data.cache_dir:  # relative to the current folder, like --out
-        recipe.data.cache_dir = str(Path(recipe.data.cache_dir).expanduser().resolve())
+    for section in (recipe.data, recipe.head, recipe.task, recipe.features):
+        if section is None:
+            continue
+        for name, value in vars(section).items():
+            if not isinstance(value, str) or name in ("name", "dataset", "kind") or value == "train":
+                continue
+            path = Path(value).expanduser()
+            if name == "cache_dir":
+                setattr(section, name, str(path.resolve()))
+            elif not path.is_absolute() and (base / path).exists():
+                setattr(section, name, str((base / path).resolve()))
+    if recipe.encoder.init_from:
+        recipe.encoder.init_from = str(Path(recipe.encoder.init_from).expanduser().resolve())
 
 
 def _check_resume(recipe: Recipe, run_dir: Path) -> None:
-    saved = Recipe.load(run_dir / RECIPE_FILE).to_dict()
+    saved = Recipe.load(run_dir / RECIPE_FILE, saved=True).to_dict()
     for section, values in recipe.to_dict().items():
         if not isinstance(values, dict):
             if saved.get(section) != values:
@@ -119,22 +120,16 @@ def _check_resume(recipe: Recipe, run_dir: Path) -> None:
             if saved.get(section, {}).get(key) != value and not (section == "train" and key in _RESUMABLE_CHANGES):
                 raise RecipeError(
                     f"{recipe.source}: {section}.{key}: is {value!r} but the run in {run_dir} used "
-                    f"{saved[section][key]!r}; resume with the same recipe or choose another --out"
+                    f"{saved.get(section, {}).get(key)!r}; resume with the same recipe or choose another --out"
                 )
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: bool = True,
                log=None) -> dict[str, Any]:
     """Train and test a recipe in run folder ``out``; returns the final metrics."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    _absolute_data_paths(recipe)
-    check_recipe(recipe)
+    _absolute_paths(recipe)
+    task = check_recipe(recipe)
     device = resolve_device(recipe.device, where=f"{recipe.source}: device")
     started = time.perf_counter()
     ckpts = out / "checkpoints"
@@ -147,12 +142,14 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: boo
     if recipe.train.threads > 0:
         torch.set_num_threads(recipe.train.threads)
     reuse_freed_memory()
-    task = task_module(recipe, recipe.source)
     prepared = task.prepare(recipe, out, log=log)
-    model = prepared.model.to(device)
+    model = prepared.model
+    if recipe.encoder.init_from and not (resume and (out / "checkpoints" / "last.safetensors").exists()):
+        init_from_run(model, Path(recipe.encoder.init_from), log=log)
+    model = model.to(device)
     trainer = Trainer(
         model, recipe.train, out, device=device, train_batches=prepared.train_batches,
-        valid_batches=prepared.valid_batches, monitor=model.monitor, mode=model.mode,
+        valid_batches=prepared.valid_batches, monitor=task.monitor, mode=task.mode,
         progress=progress, meta={"recipe": recipe.to_dict()},
     )
     summary = trainer.fit(resume=resume)
@@ -170,28 +167,64 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: boo
         "wall_time_s": round(time.perf_counter() - started, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     })
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
     return metrics
 
 
 def load(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = "best") -> nn.Module:
     """A trained model from a run folder, in eval mode, ready to use (``model.tag([...])``)."""
-    run = Path(run_dir)
+    model, _ = _load(Path(run_dir), device=device, checkpoint=checkpoint)
+    return model
+
+
+def _load(run: Path, *, device: str = "cpu", checkpoint: str = "best") -> tuple[nn.Module, Task]:
     if not (run / RECIPE_FILE).exists():
         raise SeqkitError(f"{run}: not a seqkit run folder (no {RECIPE_FILE}); train one with `seqkit recipe run`")
-    recipe = Recipe.load(run / RECIPE_FILE)
+    recipe = Recipe.load(run / RECIPE_FILE, saved=True)
     ckpt = run / "checkpoints" / f"{checkpoint}.safetensors"
     if not ckpt.exists():
         ckpt = run / "checkpoints" / "last.safetensors"
     if not ckpt.exists():
         raise SeqkitError(f"{run}: no checkpoint in {run / 'checkpoints'}; the run has not saved one yet")
-    model = task_module(recipe, str(run / RECIPE_FILE)).build_model(recipe, run)
+    task = get_task(recipe)
+    model = task.build_model(recipe, run)
     load_checkpoint(ckpt, model)
-    return model.to(resolve_device(device)).eval()
+    return model.to(resolve_device(device)).eval(), task
 
 
-def evaluate_run(run_dir: Path, data: Optional[Path] = None, *, batch_size: int = 128) -> dict[str, Any]:
-    """Metrics of a trained model on a data file, or on its recipe's test split."""
-    model = load(run_dir)
-    task = task_module(model.recipe, str(Path(run_dir) / RECIPE_FILE))
-    return task.evaluate_data(model, data, batch_size=batch_size)
+def evaluate_run(run_dir: Path, data: Optional[Path] = None, *, batch_size: int = 128) -> tuple[dict[str, Any], Task]:
+    """Metrics of a trained model on a data file, or on its recipe's test split, and its task
+    (which knows how to print them)."""
+    model, task = _load(Path(run_dir))
+    return task.evaluate_data(model, data, batch_size=batch_size), task
+
+
+def init_from_run(model: nn.Module, run: Path, *, log=print) -> None:
+    """Start ``model``'s encoder from the encoder of the model in ``run`` (``encoder.init_from``),
+    and its token embeddings where both models have them (``embedding_tokens()``), mapped token by
+    token: rows of tokens the two vocabularies share are copied, the others keep their init."""
+    source, _ = _load(run)
+    target_enc, source_enc = getattr(model, "encoder", None), getattr(source, "encoder", None)
+    if target_enc is None or source_enc is None:
+        raise SeqkitError(f"encoder.init_from: {run}: both models need an `encoder` attribute")
+    mine, theirs = target_enc.state_dict(), source_enc.state_dict()
+    wrong = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+    if wrong or set(theirs) - set(mine):
+        raise SeqkitError(f"encoder.init_from: {run}: its encoder does not fit this recipe's "
+                          f"(cell, num_layers, hidden_size, directions and input size must match; first "
+                          f"mismatch: {(wrong or sorted(set(theirs) - set(mine)))[0]})")
+    target_enc.load_state_dict(theirs)
+    copied = ""
+    if hasattr(model, "embedding_tokens") and hasattr(source, "embedding_tokens"):
+        (emb, tokens), (src_emb, src_tokens) = model.embedding_tokens(), source.embedding_tokens()
+        if emb.weight.size(1) != src_emb.weight.size(1):
+            raise SeqkitError(f"encoder.init_from: {run}: its token embeddings have {src_emb.weight.size(1)} "
+                              f"features, this recipe's {emb.weight.size(1)}")
+        where = {t: i for i, t in enumerate(src_tokens)}
+        pairs = [(i, where[t]) for i, t in enumerate(tokens) if t in where]
+        if pairs:
+            rows, src_rows = zip(*pairs)
+            with torch.no_grad():
+                emb.weight[list(rows)] = src_emb.weight[list(src_rows)].to(emb.weight.dtype)
+        copied = f" and {len(pairs)} of {len(tokens)} token embeddings"
+    log(f"encoder.init_from: started the encoder{copied} from {run}")

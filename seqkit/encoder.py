@@ -1,4 +1,4 @@
-"""The shared stacked (bi)directional recurrent encoder.
+"""The shared stacked recurrent encoder: one or two directions, exact variable lengths.
 
 Shape legend: N batch, L length, I input features, D directions (1 or 2), H hidden.
 """
@@ -16,38 +16,62 @@ from . import registry
 from .cells import Cell, State
 from .engine import autocast_dtype, generic_layer
 from .errors import SeqkitError
+from .regularize import locked_dropout as _locked_dropout
 
 __all__ = ["Encoder"]
 
 _FUSED_KERNELS = {"lstm": torch.lstm, "gru": torch.gru}
+Directions = Literal["forward", "bidirectional", "split"]
+_DIRECTIONS = ("forward", "bidirectional", "split")
+Weights = dict[str, Tensor]  # cell key ("l0_reverse") -> the tensor it uses as recurrent weight
 
 
 class Encoder(nn.Module):
     """A stack of ``num_layers`` recurrent layers, each one cell per direction.
 
     Padding never changes a real position's output: the forward direction stops at each
-    sequence's own length and the backward direction starts at each sequence's own last
+    sequence's own length and the reverse direction starts at each sequence's own last
     element.  The built-in ``lstm`` and ``gru`` cells run on torch's fused kernels (oneDNN on
     CPU, cuDNN on GPU); any other :class:`seqkit.Cell` runs through the generic engine.
+
+    Directions:
+        ``"forward"``: one direction (D = 1).
+        ``"bidirectional"``: as ``nn.LSTM(bidirectional=True)``: each layer after the first
+        reads both directions of the layer below (D * H features), so above layer 0 every
+        position has seen the whole sequence.
+        ``"split"``: two independent stacks, as ELMo: layer l's forward cell reads only layer
+        l-1's forward output (H features) and the reverse cell only the reverse output; the
+        forward half of the output never sees later steps, the reverse half never earlier ones.
 
     Args:
         input_size: I, features of each input step.
         hidden_size: H, features of each direction's output.
         num_layers: stacked layers.
         cell: a registered cell name (``"lstm"``, ``"gru"``, a plugin's) or a ``Cell`` subclass.
-        bidirectional: add a backward direction to every layer (D = 2).
-        dropout: dropout on each layer's output except the last, in training only.
+        bidirectional: ``True`` is ``directions="bidirectional"`` (kept for torch's spelling).
+        dropout: dropout on each layer's output except the last.
         batch_first: inputs and outputs are (N, L, ...) instead of (L, N, ...).
         engine: ``"auto"`` (fused when the cell has a fused kernel), ``"fused"`` or ``"generic"``.
+        directions: ``"forward"``, ``"bidirectional"`` or ``"split"`` (see above); None takes
+            it from ``bidirectional``.  ``bidirectional=True`` with ``"forward"`` is an error.
+        locked_dropout: ``dropout``, ``input_dropout`` and ``output_dropout`` draw one mask per
+            sequence and feature, shared by all time steps (variational dropout).
+        input_dropout: dropout on the encoder's input (N, L, I).
+        output_dropout: dropout on the top layer's output (N, L, D * H).
+        weight_drop: DropConnect on every cell's recurrent weight (``weight_hh``): each call
+            in training draws one mask over the matrix (AWD-LSTM).  The cell must name its
+            ``recurrent_weight``; the parameter itself is never modified.
+        All dropouts act in training only.
 
     Inputs: ``x, lengths=None, state=None``
         x: (N, L, I) if ``batch_first`` else (L, N, I).
         lengths: (N,) integer lengths, each in [0, L]; None means all are L.
-        state: initial state, a tuple of (num_layers * D, N, H) tensors (one per state tensor
-            of the cell: ``(h, c)`` for LSTM, ``(h,)`` for GRU); None means the cell's zeros.
+        state: initial state carried from an earlier call, a tuple of (num_layers, N, H)
+            tensors (one per state tensor of the cell: ``(h, c)`` for LSTM, ``(h,)`` for GRU)
+            on ``x``'s device; only for ``directions="forward"``.  None means the cell's zeros.
 
     Outputs: ``out, state``
-        out: (N, L, D * H) (or (L, N, D * H)); zeros at padded positions.
+        out: (N, L, D * H) (or (L, N, D * H)), forward half first; zeros at padded positions.
         state: final state of each layer and direction at each sequence's own end, a tuple of
             (num_layers * D, N, H) tensors ordered layer 0 forward, layer 0 reverse, layer 1 ...
 
@@ -58,6 +82,10 @@ class Encoder(nn.Module):
         >>> out, state = enc(torch.randn(4, 50, 80), torch.tensor([50, 43, 20, 7]))
         >>> out.shape
         torch.Size([4, 50, 512])
+        >>> lm = seqkit.Encoder(400, 1150, num_layers=3, dropout=0.25, locked_dropout=True,
+        ...                     weight_drop=0.5, batch_first=True)
+        >>> out, state = lm(torch.randn(4, 70, 400))
+        >>> out, state = lm(torch.randn(4, 70, 400), state=state)  # the next 70 steps
     """
 
     def __init__(
@@ -70,6 +98,12 @@ class Encoder(nn.Module):
         dropout: float = 0.0,
         batch_first: bool = False,
         engine: Literal["auto", "fused", "generic"] = "auto",
+        *,
+        directions: Optional[Directions] = None,
+        locked_dropout: bool = False,
+        input_dropout: float = 0.0,
+        output_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
         cell_cls = registry.cells.get(cell) if isinstance(cell, str) else cell
@@ -77,24 +111,37 @@ class Encoder(nn.Module):
             raise SeqkitError(f"cell {cell!r} is not a seqkit.Cell subclass")
         if num_layers < 1 or hidden_size < 1 or input_size < 1:
             raise SeqkitError("input_size, hidden_size and num_layers must be positive")
-        if not 0.0 <= dropout < 1.0:
-            raise SeqkitError(f"dropout must be in [0, 1), got {dropout}")
+        for name, p in (("dropout", dropout), ("input_dropout", input_dropout),
+                        ("output_dropout", output_dropout), ("weight_drop", weight_drop)):
+            if not 0.0 <= p < 1.0:
+                raise SeqkitError(f"{name} must be in [0, 1), got {p}")
         if engine == "fused" and cell_cls.fused not in _FUSED_KERNELS:
             raise SeqkitError(f"cell {cell_cls.__name__} has no fused kernel; use engine='auto'")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
-        self.bidirectional = bidirectional
-        self.num_directions = 2 if bidirectional else 1
+        self.directions: str = _resolve_directions(directions, bidirectional)
+        self.bidirectional = self.directions != "forward"
+        self.num_directions = 2 if self.bidirectional else 1
         self.dropout = float(dropout)
+        self.locked_dropout = bool(locked_dropout)
+        self.input_dropout = float(input_dropout)
+        self.output_dropout = float(output_dropout)
+        self.weight_drop = float(weight_drop)
         self.batch_first = batch_first
         self.cell_name = cell if isinstance(cell, str) else cell_cls.__name__
         self.fused = engine != "generic" and cell_cls.fused in _FUSED_KERNELS
         self.cells = nn.ModuleDict()
+        above = hidden_size * (self.num_directions if self.directions == "bidirectional" else 1)
         for layer in range(num_layers):
-            size = input_size if layer == 0 else hidden_size * self.num_directions
             for suffix in self._suffixes():
-                self.cells[f"l{layer}{suffix}"] = cell_cls(size, hidden_size)
+                self.cells[f"l{layer}{suffix}"] = cell_cls(input_size if layer == 0 else above, hidden_size)
+        first = self.cells["l0"]
+        self._num_states = len(first.initial_state(1))
+        name = cell_cls.recurrent_weight
+        if weight_drop and not (name and isinstance(getattr(first, name, None), nn.Parameter)):
+            raise SeqkitError(f"weight_drop needs a cell with a recurrent_weight parameter; "
+                              f"cell {cell_cls.__name__} declares none (see docs/cells.md)")
 
     @property
     def output_size(self) -> int:
@@ -105,9 +152,12 @@ class Encoder(nn.Module):
         return ("", "_reverse") if self.bidirectional else ("",)
 
     def extra_repr(self) -> str:
+        extra = "".join(f", {name}={getattr(self, name)}" for name in
+                        ("locked_dropout", "input_dropout", "output_dropout", "weight_drop")
+                        if getattr(self, name))
         return (
             f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-            f"cell={self.cell_name!r}, bidirectional={self.bidirectional}, dropout={self.dropout}, "
+            f"cell={self.cell_name!r}, directions={self.directions!r}, dropout={self.dropout}{extra}, "
             f"batch_first={self.batch_first}, engine={'fused' if self.fused else 'generic'}"
         )
 
@@ -118,33 +168,48 @@ class Encoder(nn.Module):
             raise SeqkitError(f"Encoder expects input (N, L, {self.input_size}), got {tuple(x.shape)}")
         if self.batch_first:
             x = x.transpose(0, 1)  # (L, N, I): the engines run time-major
-        length, n, _ = x.shape
-        lens = self._check_lengths(lengths, n, length)
-        order = sorted(range(n), key=lambda i: -lens[i])
-        sorted_already = order == list(range(n))
-        if not sorted_already:
-            perm = torch.tensor(order, device=x.device)
-            x = x.index_select(1, perm)
-            lens = [lens[i] for i in order]
-            if state is not None:
-                state = tuple(s.index_select(1, perm) for s in state)
-        if self.fused and all(v == length for v in lens):
-            out, final = self._fused_stack(x, state)
+        if state is not None:
+            self._check_state(state, x)
+        weights = self._dropped_weights()
+        x = self._drop(x, self.input_dropout)
+        if lengths is None:  # the lean path (e.g. one generation step): no sorting, no host sync
+            out, final = self._run(x, None, state, weights)
         else:
-            out, final = self._layers(x, lens, state)
-        if not sorted_already:
-            inverse = torch.empty_like(perm)
-            inverse[perm] = torch.arange(n, device=perm.device)
-            out = out.index_select(1, inverse)
-            final = tuple(s.index_select(1, inverse) for s in final)
+            out, final = self._run_lengths(x, lengths, state, weights)
+        out = self._drop(out, self.output_dropout)
         if self.batch_first:
             out = out.transpose(0, 1)
         return out, final
 
+    def _run_lengths(self, x: Tensor, lengths: Tensor, state: Optional[State],
+                     weights: Weights) -> tuple[Tensor, State]:
+        """Rows sorted by length for the engines, then put back in the caller's order."""
+        length, n, _ = x.shape
+        lens = self._check_lengths(lengths, n, length)
+        order = sorted(range(n), key=lambda i: -lens[i])
+        if order == list(range(n)):
+            return self._run(x, lens, state, weights)
+        perm = torch.tensor(order, device=x.device)
+        x = x.index_select(1, perm)
+        lens = [lens[i] for i in order]
+        if state is not None:
+            state = tuple(s.index_select(1, perm) for s in state)
+        out, final = self._run(x, lens, state, weights)
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(n, device=perm.device)
+        return out.index_select(1, inverse), tuple(s.index_select(1, inverse) for s in final)
+
+    def _run(self, x: Tensor, lens: Optional[list[int]], state: Optional[State],
+             weights: Weights) -> tuple[Tensor, State]:
+        if lens is not None and (not lens or lens[-1] == x.size(0)):  # sorted: all full length
+            lens = None
+        locked_between = self.locked_dropout and self.dropout and self.training and self.num_layers > 1
+        if lens is None and self.fused and not locked_between:
+            return self._fused_stack(x, state, weights)
+        return self._layers(x, lens, state, weights)
+
     @staticmethod
-    def _check_lengths(lengths: Optional[Tensor], n: int, length: int) -> list[int]:
-        if lengths is None:
-            return [length] * n
+    def _check_lengths(lengths: Tensor, n: int, length: int) -> list[int]:
         lens = torch.as_tensor(lengths).tolist()
         if len(lens) != n:
             raise SeqkitError(f"lengths has {len(lens)} entries for a batch of {n}")
@@ -152,47 +217,130 @@ class Encoder(nn.Module):
             raise SeqkitError(f"lengths must lie in [0, {length}], got {lens}")
         return [int(v) for v in lens]
 
+    def _check_state(self, state: State, x: Tensor) -> None:
+        """A wrong state would crash the fused kernel or give outputs of the wrong width."""
+        if self.bidirectional:
+            raise SeqkitError(
+                f"carried state needs directions='forward'; this encoder's directions are "
+                f"{self.directions!r}, whose reverse direction starts afresh at each sequence's end")
+        k, n, h = self.num_layers * self.num_directions, x.size(1), self.hidden_size
+        count = self._num_states
+        if not isinstance(state, (tuple, list)) or len(state) != count:
+            got = type(state).__name__ + (f" of {len(state)}" if isinstance(state, (tuple, list)) else "")
+            raise SeqkitError(f"state: expected a tuple of {count} tensor(s) (as the cell's initial_state), "
+                              f"got a {got}")
+        for i, s in enumerate(state):
+            if not isinstance(s, Tensor):
+                got = type(s).__name__
+            elif s.shape != (k, n, h):
+                got = f"shape {tuple(s.shape)}"
+            elif s.device != x.device:
+                got = f"a tensor on {s.device}"
+            elif not s.is_floating_point():
+                got = f"dtype {s.dtype}"
+            else:
+                continue
+            raise SeqkitError(f"state[{i}]: expected a floating point tensor of (num_layers * D, N, H) = "
+                              f"({k}, {n}, {h}) on {x.device}, got {got}")
+
+    def _dropped_weights(self) -> Weights:
+        """This call's DropConnect copies of the recurrent weights (training only), one mask each."""
+        if not (self.weight_drop and self.training):
+            return {}
+        return {key: F.dropout(getattr(c, c.recurrent_weight), self.weight_drop, training=True)
+                for key, c in self.cells.items()}
+
+    def _drop(self, x: Tensor, p: float) -> Tensor:
+        """Dropout on time-major (L, N, F), locked over time if asked; training only."""
+        if not p or not self.training:
+            return x
+        if self.locked_dropout:
+            return _locked_dropout(x, p, training=True)
+        return F.dropout(x, p, training=True)
+
     def _initial(self, key: str, index: int, state: Optional[State], x: Tensor) -> State:
         if state is None:
             return self.cells[key].initial_state(x.size(1), device=x.device, dtype=x.dtype)
         return tuple(s[index] for s in state)
 
-    def _fused_stack(self, x: Tensor, state: Optional[State]) -> tuple[Tensor, State]:
+    def _fused_stack(self, x: Tensor, state: Optional[State], weights: Weights) -> tuple[Tensor, State]:
         """All sequences full length: torch's own multi-layer kernel is exact."""
-        first = next(iter(self.cells.values()))
-        params = [w for c in self.cells.values() for w in c.fused_weights()]
+        first = self.cells["l0"]
+        layers, n = self.num_layers, x.size(1)
         if state is None:
-            zero = first.initial_state(x.size(1), device=x.device, dtype=x.dtype)
-            state = tuple(
-                torch.stack([z] * (self.num_layers * self.num_directions)) for z in zero
-            )
-        args = (True, self.num_layers, self.dropout, self.training, self.bidirectional, False)
-        return _run_fused(first.fused, x, state, params, args)
+            k = layers * self.num_directions
+            zeros = first.initial_state(k * n, device=x.device, dtype=x.dtype)
+            state = tuple(z.view(k, n, -1) for z in zeros)  # (layers*D, N, H)
+        if self.directions != "split":
+            params = [w for key, c in self.cells.items() for w in _fused_weights(c, weights.get(key))]
+            args = (True, layers, self.dropout, self.training, self.bidirectional, False)
+            return _run_fused(first.fused, x, state, params, args)
+        # split: two unidirectional stacks, the reverse one over flipped time (every row is full)
+        args = (True, layers, self.dropout, self.training, False, False)
+        stacks = []
+        for d, suffix in enumerate(("", "_reverse")):
+            keys = [f"l{layer}{suffix}" for layer in range(layers)]
+            params = [w for key in keys for w in _fused_weights(self.cells[key], weights.get(key))]
+            h0 = tuple(s[d::2].contiguous() for s in state)  # (layers, N, H)
+            stacks.append(_run_fused(first.fused, x if d == 0 else x.flip(0), h0, params, args))
+        (out_f, final_f), (out_r, final_r) = stacks
+        out = torch.cat([out_f, out_r.flip(0)], dim=-1)  # (L, N, 2H)
+        final = tuple(torch.stack([a, b], 1).flatten(0, 1) for a, b in zip(final_f, final_r))  # (layers*2, N, H)
+        return out, final
 
-    def _layers(self, x: Tensor, lens: list[int], state: Optional[State]) -> tuple[Tensor, State]:
-        """Layer by layer, each direction over its own lengths (rows sorted by length)."""
-        reverse_index = _reverse_index(lens, x.size(0), x.device) if self.bidirectional else None
+    def _layers(self, x: Tensor, lens: Optional[list[int]], state: Optional[State],
+                weights: Weights) -> tuple[Tensor, State]:
+        """Layer by layer, each direction over its own lengths (rows sorted by length, or all full)."""
+        index = _reverse_index(lens, x.size(0), x.device) if self.bidirectional and lens is not None else None
+
+        def flip(t: Tensor) -> Tensor:  # each sequence reversed within its own length, padding in place
+            return t.flip(0) if index is None else _gather_time(t, index)
+
+        streams = [x, flip(x)] if self.bidirectional else [x]  # each direction's input, in its own time
         finals: list[State] = []
-        index = 0
+        outs: list[Tensor] = []
         for layer in range(self.num_layers):
             keys = [f"l{layer}{suffix}" for suffix in self._suffixes()]
             cells = [self.cells[key] for key in keys]
-            h0s = [self._initial(key, index + d, state, x) for d, key in enumerate(keys)]
-            inps = [x, _gather_time(x, reverse_index)] if reverse_index is not None else [x]
+            h0s = [self._initial(key, len(finals) + d, state, x) for d, key in enumerate(keys)]
+            ws = [weights.get(key) for key in keys]
             if self.fused:
-                results = [_fused_direction(c, i, lens, h) for c, i, h in zip(cells, inps, h0s)]
+                results = [_fused_direction(c, i, lens, h, w) for c, i, h, w in zip(cells, streams, h0s, ws)]
             else:
-                results = generic_layer(cells, inps, lens, h0s)
-            outs = [out for out, _ in results]
-            if reverse_index is not None:
-                outs[1] = _gather_time(outs[1], reverse_index)
+                results = generic_layer(cells, streams, lens, h0s, ws)
             finals += [final for _, final in results]
-            index += len(keys)
-            x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (L, N, D*H)
-            if self.dropout and self.training and layer < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
+            outs = [out for out, _ in results]  # (L, N, H) each, in its direction's own time
+            if layer == self.num_layers - 1:
+                break
+            if self.directions == "bidirectional":  # each cell above reads both directions
+                below = self._drop(torch.cat([outs[0], flip(outs[1])], dim=-1), self.dropout)  # (L, N, 2H)
+                streams = [below, flip(below)]
+            else:  # forward, or split: each direction stacks only on itself
+                streams = [self._drop(out, self.dropout) for out in outs]
+        if len(outs) == 2:
+            outs[1] = flip(outs[1])
+        out = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]  # (L, N, D*H)
         stacked = tuple(torch.stack(parts) for parts in zip(*finals))  # (layers*D, N, H) each
-        return x, stacked
+        return out, stacked
+
+
+def _resolve_directions(directions: Optional[str], bidirectional: bool) -> str:
+    if directions is None:
+        return "bidirectional" if bidirectional else "forward"
+    if directions not in _DIRECTIONS:
+        raise SeqkitError(f"directions must be one of {', '.join(map(repr, _DIRECTIONS))}, got {directions!r}")
+    if bidirectional and directions == "forward":
+        raise SeqkitError("bidirectional=True contradicts directions='forward'; pass only directions")
+    return directions
+
+
+def _fused_weights(cell: Cell, weight: Optional[Tensor]) -> list[Tensor]:
+    """The cell's weights in the fused kernel's order, ``weight`` in place of the recurrent one."""
+    params = cell.fused_weights()  # type: ignore[operator]
+    if weight is None:
+        return params
+    own = getattr(cell, cell.recurrent_weight)  # type: ignore[arg-type]
+    return [weight if p is own else p for p in params]
 
 
 def _reverse_index(lens: list[int], length: int, device: torch.device) -> Tensor:
@@ -215,6 +363,8 @@ def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tens
     wherever torch has one (oneDNN with native bf16, cuDNN, or torch's own loop).
     """
     dtype = autocast_dtype(x)
+    if dtype is None and not x.is_cuda:  # the common CPU case: no context managers per call
+        return _call_kernel(kernel, x, state, params, args)
     with warnings.catch_warnings(), torch.autocast(x.device.type, enabled=False):
         # cuDNN copies non-contiguous weights; correct, and cheap next to the recurrence.
         warnings.simplefilter("ignore", UserWarning)
@@ -222,11 +372,16 @@ def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tens
             x = x.to(dtype)
             state = tuple(s.to(dtype) for s in state)
             params = [p.to(dtype) for p in params]
-        if kernel == "lstm":
-            out, h, c = torch.lstm(x, state, params, *args)
-            return out, (h, c)
-        out, h = torch.gru(x, state[0], params, *args)
-        return out, (h,)
+        return _call_kernel(kernel, x, state, params, args)
+
+
+def _call_kernel(kernel: Optional[str], x: Tensor, state: State, params: list[Tensor],
+                 args: tuple) -> tuple[Tensor, State]:
+    if kernel == "lstm":
+        out, h, c = torch.lstm(x, state, params, *args)
+        return out, (h, c)
+    out, h = torch.gru(x, state[0], params, *args)
+    return out, (h,)
 
 
 # A padding flag as an extra input feature, with this weight into the input and forget gates
@@ -235,19 +390,27 @@ def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tens
 _FREEZE = 1e4
 
 
-def _fused_direction(cell: Cell, x: Tensor, lens: list[int], state: State) -> tuple[Tensor, State]:
+def _fused_direction(cell: Cell, x: Tensor, lens: Optional[list[int]], state: State,
+                     weight: Optional[Tensor] = None) -> tuple[Tensor, State]:
     """One direction over the whole padded batch in one fused call, padded steps frozen.
 
     The outputs at real positions never depend on later (padded) steps; the final state is
     the frozen state (GRU: h; LSTM: c) or, for an LSTM's h, the output at the last real step.
+    ``lens`` None: every row is full length, the plain kernel.  ``weight``: used in place of
+    the cell's recurrent weight.
     """
+    args = (True, 1, 0.0, cell.training, False, False)
+    h0 = tuple(s.unsqueeze(0) for s in state)  # (1, N, H)
+    if lens is None:
+        out, new = _run_fused(cell.fused, x, h0, _fused_weights(cell, weight), args)
+        return out, tuple(s[0] for s in new)
     length, n, _ = x.shape
     h = cell.hidden_size
     lengths = torch.tensor(lens, device=x.device)
     pad = torch.arange(length, device=x.device).unsqueeze(1) >= lengths  # (L, N)
     x = x.masked_fill(pad.unsqueeze(-1), 0.0)  # whatever the padding holds (NaN, 1e5) stays out
     flagged = torch.cat([x, pad.unsqueeze(-1).to(x.dtype)], dim=-1)  # (L, N, I + 1)
-    w_ih, *rest = cell.fused_weights()
+    w_ih, *rest = _fused_weights(cell, weight)
     column = w_ih.new_zeros(w_ih.size(0), 1)
     if cell.fused == "lstm":
         column[:h] = -_FREEZE  # input gate closed
@@ -255,8 +418,6 @@ def _fused_direction(cell: Cell, x: Tensor, lens: list[int], state: State) -> tu
     else:
         column[h: 2 * h] = _FREEZE  # update gate keeps h
     weights = [torch.cat([w_ih, column], dim=1), *rest]
-    args = (True, 1, 0.0, cell.training, False, False)
-    h0 = tuple(s.unsqueeze(0) for s in state)
     out, new = _run_fused(cell.fused, flagged, h0, weights, args)
     out = out.masked_fill(pad.unsqueeze(-1), 0.0)
     final = tuple(s[0] for s in new)

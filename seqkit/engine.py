@@ -1,7 +1,10 @@
 """The generic recurrence engine: any ``seqkit.Cell`` over time-major, length-sorted batches.
 
-Shape legend: L length, N batch, H hidden.  ``seqkit.Encoder`` calls it for cells without a
-fused kernel (and for every cell with ``engine="generic"``).
+Shape legend: L length, N batch, H hidden, G width of the recurrent projection.
+``seqkit.Encoder`` calls it for cells without a fused kernel (and for every cell with
+``engine="generic"``).  Lengths are a descending list, or None when every sequence fills all
+L steps (no Python work per sequence then).  A direction may run with a tensor in place of its
+cell's recurrent weight (the encoder's weight drop); the parameter itself is never touched.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import contextlib
 import functools
 import os
 import threading
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -22,12 +25,17 @@ from .cells import Cell, State
 
 __all__ = ["autocast_dtype", "generic_layer"]
 
-def _segments(lens: list[int]) -> list[tuple[int, int, int]]:
+Lengths = Optional[list[int]]  # sorted descending; None: all sequences are full length
+
+
+def _segments(lens: Lengths, length: int, n: int) -> list[tuple[int, int, int]]:
     """(start, stop, rows) spans of time over which the first ``rows`` sequences are active.
 
     ``lens`` is sorted in descending order; one span per distinct length, so a batch
     bucketed by length needs few of them.
     """
+    if lens is None:
+        return [(0, length, n)] if length and n else []
     spans, start = [], 0
     for stop in sorted(set(lens)):
         if stop > start:
@@ -35,10 +43,14 @@ def _segments(lens: list[int]) -> list[tuple[int, int, int]]:
             spans.append((start, stop, rows))
             start = stop
     return spans
+
+
 def _merge_state(new: State, old: State, rows: int) -> State:
     if rows == old[0].size(0):
         return tuple(new)
     return tuple(torch.cat([a, b[rows:]]) for a, b in zip(new, old))
+
+
 def _assemble(pieces: list[Tensor], n: int, length: int) -> Tensor:
     """Pad (span, rows, H) pieces to N rows and join them along time into (L, N, H)."""
     out = torch.cat([F.pad(p, (0, 0, 0, n - p.size(1))) for p in pieces], dim=0)
@@ -51,6 +63,8 @@ def _assemble_or_empty(pieces: list[Tensor], x: Tensor, cell: Cell) -> Tensor:
     if not pieces:
         return x.new_zeros(x.size(0), x.size(1), cell.hidden_size)
     return _assemble(pieces, x.size(1), x.size(0))
+
+
 def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
     """The lower precision dtype when autocast is on for ``x``'s device, else None."""
     kind = x.device.type
@@ -67,27 +81,37 @@ def autocast_dtype(x: Tensor) -> Optional[torch.dtype]:
 # recurrent weight's gradient of all steps is one matmul at the end.
 
 
-def generic_layer(cells: list[Cell], xs: list[Tensor], lens: list[int],
-                   states: list[State]) -> list[tuple[Tensor, State]]:
-    """The directions of one layer: each cell over its time-major input, columns sorted by length."""
+def generic_layer(cells: list[Cell], xs: list[Tensor], lens: Lengths, states: list[State],
+                  weights: Optional[Sequence[Optional[Tensor]]] = None) -> list[tuple[Tensor, State]]:
+    """The directions of one layer: each cell over its time-major input, columns sorted by length.
+
+    ``weights[i]``, when not None, is a (G, H) tensor that ``cells[i]`` uses in place of its
+    ``recurrent_weight`` parameter (e.g. a dropped copy of it); gradients flow into that tensor.
+    """
+    ws = list(weights) if weights is not None else [None] * len(cells)
     if len(cells) == 2 and _use_threads(xs[0]) and all(c.declares_recurrence() for c in cells):
-        return _recurrence_pair(cells, xs, lens, states)
-    return [_generic_direction(c, x, lens, s) for c, x, s in zip(cells, xs, states)]
+        return _recurrence_pair(cells, xs, lens, states, ws)
+    return [_generic_direction(c, x, lens, s, w) for c, x, s, w in zip(cells, xs, states, ws)]
 
 
-def _generic_direction(cell: Cell, x: Tensor, lens: list[int], state: State) -> tuple[Tensor, State]:
+def _generic_direction(cell: Cell, x: Tensor, lens: Lengths, state: State,
+                       weight: Optional[Tensor] = None) -> tuple[Tensor, State]:
     """One direction of any cell over time-major ``x`` (L, N, I), columns sorted by length."""
     if cell.declares_recurrence():
-        return _recurrence(cell, x, lens, state)
-    return _autograd_loop(cell, x, lens, state)
+        return _recurrence(cell, x, lens, state, weight)
+    return _autograd_loop(cell, x, lens, state, weight)
 
 
-def _autograd_loop(cell: Cell, x: Tensor, lens: list[int], state: State) -> tuple[Tensor, State]:
+def _autograd_loop(cell: Cell, x: Tensor, lens: Lengths, state: State,
+                   weight: Optional[Tensor] = None) -> tuple[Tensor, State]:
+    if weight is not None:
+        with _recurrent_weight_as(cell, weight):
+            return _autograd_loop(cell, x, lens, state)
     hoist = cell.hoists_input()
     xs = cell.project_input(x) if hoist else x  # (L, N, P)
     step = cell.forward_projected if hoist else cell.forward
     pieces = []
-    for start, stop, rows in _segments(lens):
+    for start, stop, rows in _segments(lens, x.size(0), x.size(1)):
         carried = tuple(s[:rows] for s in state)
         outs = []
         # unbind, not xs[t]: each select's backward would materialise a full-size zero tensor
@@ -99,9 +123,31 @@ def _autograd_loop(cell: Cell, x: Tensor, lens: list[int], state: State) -> tupl
     return _assemble_or_empty(pieces, x, cell), state
 
 
+@contextlib.contextmanager
+def _recurrent_weight_as(cell: Cell, weight: Optional[Tensor]) -> Iterator[None]:
+    """The cell reads ``weight`` as its recurrent weight inside the block.
+
+    For cells whose own ``forward`` reads the parameter (no ``gates``): the module's entry is
+    swapped for the tensor and restored, the parameter's values are never written.
+    """
+    if weight is None:
+        yield
+        return
+    name = cell.recurrent_weight
+    if name is None or name not in cell._parameters:
+        raise ValueError(f"{type(cell).__name__} has no recurrent_weight parameter to replace")
+    param = cell._parameters[name]
+    cell._parameters[name] = weight  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        cell._parameters[name] = param
+
+
 def _active_rows(lens: list[int]) -> list[int]:
     """Sequences still running at each step (``lens`` sorted descending), up to the longest."""
-    rows, active = [], len(lens)
+    rows: list[int] = []
+    active = len(lens)
     for t in range(max(lens, default=0)):
         while active and lens[active - 1] <= t:
             active -= 1
@@ -109,11 +155,15 @@ def _active_rows(lens: list[int]) -> list[int]:
     return rows
 
 
-def _recurrence_inputs(cell: Cell, x: Tensor, lens: list[int], state: State):
+def _recurrence_inputs(cell: Cell, x: Tensor, lens: Lengths, state: State,
+                       weight: Optional[Tensor] = None):
     xp = cell.project_input(x) if cell.hoists_input() else x  # (L, N, G)
-    weight, bias = cell.recurrent_parameters()
+    own, bias = cell.recurrent_parameters()
+    # an override (weight drop) goes where the parameter would: its gradient is the one matmul
+    weight = own if weight is None else weight
     params = tuple(p for p in cell.parameters() if p.requires_grad)
-    run = _RecurrenceRun(cell, _active_rows(lens), len(state), autocast_dtype(x))
+    rows = _active_rows(lens) if lens is not None else [x.size(1)] * x.size(0)
+    run = _RecurrenceRun(cell, rows, len(state), autocast_dtype(x))
     return run, (xp, weight, bias, *state, *params)
 
 
@@ -121,18 +171,20 @@ def _needs_grad(inputs: tuple) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
 
 
-def _recurrence(cell: Cell, x: Tensor, lens: list[int], state: State) -> tuple[Tensor, State]:
-    run, inputs = _recurrence_inputs(cell, x, lens, state)
+def _recurrence(cell: Cell, x: Tensor, lens: Lengths, state: State,
+                weight: Optional[Tensor] = None) -> tuple[Tensor, State]:
+    run, inputs = _recurrence_inputs(cell, x, lens, state, weight)
     if _needs_grad(inputs):
         out, *final = _Recurrence.apply(run, *inputs)
         return out, tuple(final)
     return run.forward(*inputs[:3], inputs[3: 3 + run.num_states], record=False)
 
 
-def _recurrence_pair(cells: list[Cell], xs: list[Tensor], lens: list[int],
-                     states: list[State]) -> list[tuple[Tensor, State]]:
+def _recurrence_pair(cells: list[Cell], xs: list[Tensor], lens: Lengths, states: list[State],
+                     weights: list[Optional[Tensor]]) -> list[tuple[Tensor, State]]:
     """Both directions of a layer at once, each in its own thread with one intra-op thread."""
-    runs, groups = zip(*(_recurrence_inputs(c, x, lens, s) for c, x, s in zip(cells, xs, states)))
+    runs, groups = zip(*(_recurrence_inputs(c, x, lens, s, w)
+                         for c, x, s, w in zip(cells, xs, states, weights)))
     if _needs_grad(groups[0] + groups[1]):
         flat = _PairRecurrence.apply(runs, len(groups[0]), *groups[0], *groups[1])
         k0 = 1 + runs[0].num_states

@@ -19,12 +19,22 @@ def register_cells(register):
 
 @hookspec
 def register_heads(register):
-    """Register task heads: ``register("name", HeadSubclass)``."""
+    """Register task heads: ``register("name", HeadSubclass)`` (options: its ``Config`` dataclass)."""
 
 
 @hookspec
 def register_datasets(register):
-    """Register dataset providers: ``register("name", provider)``."""
+    """Register dataset providers: ``register("name", provider)`` (options: ``provider.Config``)."""
+
+
+@hookspec
+def register_features(register):
+    """Register feature front-ends: ``register("name", FrontEnd)`` (with a ``Config`` dataclass)."""
+
+
+@hookspec
+def register_tasks(register):
+    """Register tasks: ``register("name", TaskSubclass)`` (see ``seqkit.tasks.Task``)."""
 
 
 @hookspec

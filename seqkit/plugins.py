@@ -28,8 +28,13 @@ DEFAULT_PLUGINS = (
     "seqkit.default_plugins.cells",
     "seqkit.default_plugins.heads",
     "seqkit.default_plugins.datasets",
+    "seqkit.default_plugins.features",
+    "seqkit.default_plugins.tasks",
 )
-HOOK_KINDS = {"register_cells": "cell", "register_heads": "head", "register_datasets": "dataset"}
+HOOK_KINDS = {"register_cells": "cell", "register_heads": "head", "register_datasets": "dataset",
+              "register_features": "features", "register_tasks": "task"}
+# PluginInfo field of each kind
+_INFO_FIELD = {"cell": "cells", "head": "heads", "dataset": "datasets", "features": "features", "task": "tasks"}
 
 _pm: Optional[pluggy.PluginManager] = None
 
@@ -123,6 +128,8 @@ class PluginInfo:
     cells: list[str] = field(default_factory=list)
     heads: list[str] = field(default_factory=list)
     datasets: list[str] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
 
 
 def plugin_info(pm: Optional[pluggy.PluginManager] = None) -> list[PluginInfo]:
@@ -147,7 +154,7 @@ def plugin_info(pm: Optional[pluggy.PluginManager] = None) -> list[PluginInfo]:
                 fn = getattr(plugin, hook)
                 takes = "register" in inspect.signature(fn).parameters
                 fn(**({"register": lambda n, _o, _names=names: _names.append(n)} if takes else {}))
-                setattr(info, kind + "s", names)
+                setattr(info, _INFO_FIELD[kind], names)
         infos.append(info)
     return infos
 

@@ -1,11 +1,16 @@
 """Recipes: typed, validated YAML with ``--set a.b=value`` overrides.
 
+The sections ``task``, ``data``, ``features`` and ``head`` each name a registered component
+(``task.name``, ``data.dataset``, ``features.kind``, ``head.name``) and carry that component's
+own options, validated against the ``Config`` dataclass the component declares.
+
 Precedence is defaults < recipe file < ``--set``.  Every error names the file, the key path
 and what was expected, so it can be printed as one line.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -18,57 +23,39 @@ import yaml
 from .errors import RecipeError
 
 __all__ = [
-    "DataConfig",
+    "COMPONENT_SECTIONS",
     "EncoderConfig",
-    "FeaturesConfig",
-    "HeadConfig",
+    "NoOptions",
     "Recipe",
-    "SynthConfig",
     "TrainConfig",
+    "component_config",
     "from_dict",
     "parse_overrides",
+    "section_class",
 ]
 
 
 @dataclass
 class EncoderConfig:
-    cell: str = "lstm"
+    """The shared encoder (``seqkit.Encoder``); the same section for every task."""
+
+    cell: str = "lstm"  # a registered cell: lstm, gru, or a plugin's
     num_layers: int = 2
     hidden_size: int = 256
-    bidirectional: bool = True
-    dropout: float = 0.0
+    bidirectional: bool = True  # shorthand for directions: bidirectional (false: forward)
+    # split: ELMo-style, each direction stacks on itself; null: from bidirectional
+    directions: Optional[Literal["forward", "bidirectional", "split"]] = None
+    dropout: float = 0.0  # between layers, training only
+    locked_dropout: bool = False  # one dropout mask per sequence for all time steps (variational)
+    input_dropout: float = 0.0  # on the encoder's input
+    output_dropout: float = 0.0  # on the top layer's output
+    weight_drop: float = 0.0  # DropConnect on the recurrent weights (AWD-LSTM)
     engine: Literal["auto", "fused", "generic"] = "auto"
+    init_from: Optional[str] = None  # a run folder: start from its encoder (and matching token embeddings)
 
-
-@dataclass
-class FeaturesConfig:
-    """Text features (token and character-bigram embeddings) or audio features (log-mel
-    filterbanks, SpecAugment and a convolutional front-end that subsamples time)."""
-
-    kind: Literal["tokens", "fbank"] = "tokens"  # fbank: audio, for transcription heads
-    embedding_dim: int = 100
-    bigram_dim: int = 0
-    min_freq: int = 1
-    bigram_min_freq: int = 2
-    max_vocab: int = 0  # keep only the most frequent tokens; 0: no cap
-    bigram_max_vocab: int = 0  # keep only the most frequent bigrams; 0: no cap
-    dropout: float = 0.0  # on the embeddings (tokens) or on the front-end's output (fbank)
-    lowercase: bool = False
-    # fbank only: audio is read at any rate and resampled to sample_rate
-    sample_rate: int = 16000
-    n_mels: int = 80  # mel bins of 25 ms windows every 10 ms
-    normalize: Literal["utterance", "global", "none"] = "utterance"  # mean/variance per mel bin
-    freq_masks: int = 2  # SpecAugment (training only): masks per utterance across mel bins ...
-    freq_mask_width: int = 15  # ... each up to this many bins wide
-    time_masks: int = 2  # masks per utterance across time ...
-    time_mask_width: int = 40  # ... each up to this many 10 ms frames ...
-    time_mask_fraction: float = 0.15  # ... and up to this fraction of the utterance
-    vtlp: float = 0.0  # training only: warp each utterance's frequency axis by a factor in 1 +- vtlp
-    subsampling: int = 4  # time subsampling of the conv front-end: 1, 2, 4 (<= 2**conv_layers)
-    conv_layers: int = 2  # 3x3 conv layers, each halving the mel axis
-    conv_channels: int = 32
-    train_padding: Literal["mask", "repeat"] = "mask"  # repeat: pad training utterances with their last frame
-    trim_silence: Optional[float] = None  # training only: seconds of silence kept at either end; null: all
+    @property
+    def direction_mode(self) -> str:
+        return self.directions or ("bidirectional" if self.bidirectional else "forward")
 
 
 @dataclass
@@ -79,9 +66,11 @@ class TrainConfig:
     sortagrad: bool = False  # first epoch in order of length, shortest batches first (SortaGrad)
     lr: float = 1e-3
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
     lr_decay: float = 1.0  # lr_schedule exponential: multiply the learning rate by this after each epoch
-    lr_schedule: Literal["exponential", "cosine"] = "exponential"  # cosine: per step from lr down to min_lr
+    # cosine: per step down to min_lr; plateau: times lr_decay after each validation that does not improve
+    lr_schedule: Literal["exponential", "cosine", "plateau"] = "exponential"
     min_lr: float = 0.0  # where the cosine schedule ends, at the last step
     warmup_steps: int = 0  # ramp the learning rate up linearly over the first steps
     clip_grad_norm: float = 5.0
@@ -98,97 +87,209 @@ class TrainConfig:
 
 
 @dataclass
-class SynthConfig:
-    """The ``synth-speech`` dataset: real text read aloud by espeak-ng voices and variants.
-
-    Test and validation voices, variants and sentences never occur in training; the flite
-    and LibriVox splits are reported beside the test metrics.
-    """
-
-    text: Literal["kjv", "fortunes"] = "kjv"  # KJV verses (bible-kjv) or fortunes (fortunes-min)
-    train: int = 6000  # utterances per split
-    valid: int = 200
-    test: int = 300
-    flite: int = 200  # held-out flite voices reading held-out sentences (0: no flite split)
-    librivox: bool = True  # the five real LibriVox sentences of pocketsphinx-testdata
-    min_words: int = 3  # text is cut at punctuation into chunks of min_words..max_words
-    max_words: int = 16
-    seed: int = 0  # picks sentences, voices, speeds and pitches; same seed, same audio
-    jobs: int = 0  # synthesis processes at once (0: one per CPU core)
+class NoOptions:
+    """The options of a component that has none."""
 
 
-@dataclass
-class DataConfig:
-    """Which dataset provider and its options (``dataset`` names a registered provider)."""
-
-    dataset: str = "conll"
-    train: Optional[str] = None
-    valid: Optional[str] = None
-    test: Optional[str] = None
-    valid_fraction: float = 0.0  # carve validation from train when there is no valid split
-    limit: int = 0  # keep the first N examples of each split (0: all); for smoke tests
-    tokenize: Literal["chars", "whitespace"] = "chars"
-    cache_dir: Optional[str] = None  # where generated data is kept (default ~/.cache/seqkit)
-    synth: SynthConfig = field(default_factory=SynthConfig)  # options of synth-speech
+# section -> (the key that names its component, the registry it is looked up in)
+COMPONENT_SECTIONS = {
+    "task": ("name", "tasks"),
+    "data": ("dataset", "datasets"),
+    "features": ("kind", "features"),
+    "head": ("name", "heads"),
+}
+_SECTION_CLASSES: dict[tuple[type, str, str], type] = {}
 
 
-@dataclass
-class HeadConfig:
-    name: str = "tagger"
-    crf: bool = True
-    scheme: Literal["auto", "BIO", "BIOES"] = "auto"
-    dropout: float = 0.0
-    # ctc (transcription) only
-    vocab: Literal["chars", "bpe"] = "chars"  # output units: characters or BPE pieces
-    bpe_size: int = 256  # BPE vocabulary size (HF tokenizers, trained on the training text)
-    beam_size: int = 16  # beam width of the final report and `seqkit evaluate` (0: greedy only)
-    lexicon: Optional[str] = None  # word list (or "train": the training words); beam search outputs only these
+def section_class(config: type, selector: str, name: str) -> type:
+    """The dataclass of a recipe section: the component's own ``Config`` plus the key that names
+    the component (``data.dataset``, ``head.name``, ...), so ``recipe.head.beam_size`` reads as
+    the head's own option."""
+    key = (config, selector, name)
+    if key not in _SECTION_CLASSES:
+        if not dataclasses.is_dataclass(config):
+            raise RecipeError(f"component {name!r}: its Config must be a dataclass, got {config!r}")
+        if selector in {f.name for f in dataclasses.fields(config)}:
+            raise RecipeError(f"component {name!r}: its Config may not have a field named {selector!r}")
+        _SECTION_CLASSES[key] = dataclasses.make_dataclass(
+            f"{config.__name__}Section", [(selector, str, field(default=name))], bases=(config,))
+    return _SECTION_CLASSES[key]
+
+
+def component_config(obj: Any) -> type:
+    """The options dataclass a registered component declares (``Config``), or ``NoOptions``."""
+    return getattr(obj, "Config", None) or NoOptions
 
 
 @dataclass
 class Recipe:
+    """A resolved recipe: ``task``, ``data``, ``features`` and ``head`` hold the options of the
+    components they name (each component's own ``Config``); ``encoder`` and ``train`` are fixed."""
+
     description: str = ""
-    data: DataConfig = field(default_factory=DataConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    task: Any = None
+    data: Any = None
+    features: Any = None  # None: the task takes no features section
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    head: HeadConfig = field(default_factory=HeadConfig)
+    head: Any = None
     train: TrainConfig = field(default_factory=TrainConfig)
     device: str = "auto"
     source: str = field(default="<defaults>", metadata={"internal": True})
 
     @classmethod
-    def load(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "Recipe":
-        """Read a recipe file, apply ``--set`` overrides, validate, and return it."""
+    def load(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
+             saved: bool = False) -> "Recipe":
+        """Read a recipe file, apply ``--set`` overrides, validate, and return it.
+
+        ``saved``: the file is a run folder's ``recipe.yaml``; one written before tasks were
+        plugins is read in its old layout."""
         path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"{path}: recipe file not found")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise RecipeError(f"{path}{where}: invalid YAML: {problem}") from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {_kind(raw)}")
+        raw = read_yaml(path)
         apply_overrides(raw, overrides, str(path))
-        recipe = from_dict(cls, raw, source=str(path))
-        recipe.source = str(path)
+        return cls.from_dict(raw, source=str(path), saved=saved)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], *, source: str = "<recipe>", saved: bool = False) -> "Recipe":
+        """Validate a recipe mapping (sections as in a YAML file) against the registered components."""
+        raw = copy.deepcopy(raw)
+        if saved and "task" not in raw:
+            _migrate_saved(raw)
+        else:
+            _refuse_old_layout(raw, source)
+        plain = {k: v for k, v in raw.items() if k not in COMPONENT_SECTIONS}
+        recipe = from_dict(cls, plain, source=source)
+        recipe.source = source
+        _resolve_components(recipe, raw, source, lenient=saved)
         return recipe
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out.pop("source", None)
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("internal"):
+                continue
+            value = getattr(self, f.name)
+            if f.name in COMPONENT_SECTIONS:
+                if value is None:
+                    continue
+                selector = COMPONENT_SECTIONS[f.name][0]
+                options = dataclasses.asdict(value)
+                value = {selector: options.pop(selector), **options}
+            elif dataclasses.is_dataclass(value):
+                value = dataclasses.asdict(value)
+            out[f.name] = value
         return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{path}{where}: invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {_kind(raw)}")
+    return raw
+
+
+def _section(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if isinstance(value, str) and name == "task":
+        return {"name": value}  # task: language-model
+    if not isinstance(value, dict):
+        raise RecipeError(f"{source}: {name}: expected a mapping, got {_kind(value)}")
+    return dict(value)
+
+
+def _resolve_components(recipe: Recipe, raw: dict[str, Any], source: str, *, lenient: bool) -> None:
+    """Fill ``recipe.task/data/features/head`` from the registered components' own ``Config``s.
+
+    The task is named by ``task.name``, or else by the ``task`` attribute of the head or the
+    dataset the recipe names; the task supplies the default head, dataset and features."""
+    from . import registry
+
+    sections = {name: _section(raw, name, source) for name in COMPONENT_SECTIONS}
+    task_name = sections["task"].get("name")
+    if task_name is None:
+        task_name = _implied_task(sections, source)
+    task_cls = registry.tasks.get(task_name, where=f"{source}: task.name")
+    defaults = {"data": getattr(task_cls, "default_dataset", None),
+                "features": getattr(task_cls, "default_features", None),
+                "head": getattr(task_cls, "default_head", None)}
+    sections["task"]["name"] = task_name
+    for name, (selector, kind) in COMPONENT_SECTIONS.items():
+        values = sections[name]
+        chosen = values.pop(selector, None) or (defaults.get(name) if name != "task" else task_name)
+        if chosen is None:
+            if name == "features" and not values and raw.get("features") is None:
+                setattr(recipe, name, None)  # this task reads no features section
+                continue
+            what = {"data": "a dataset", "features": "a feature front-end", "head": "a head"}[name]
+            raise RecipeError(f"{source}: {name}.{selector}: missing; task {task_name!r} needs {what} "
+                              f"(registered: {', '.join(getattr(registry, kind).names()) or 'none'})")
+        if not isinstance(chosen, str):
+            raise RecipeError(f"{source}: {name}.{selector}: expected a string, got {chosen!r}")
+        component = getattr(registry, kind).get(chosen, where=f"{source}: {name}.{selector}")
+        config = component_config(component)
+        if lenient:
+            known = {f.name for f in dataclasses.fields(config)}
+            values = {k: v for k, v in values.items() if k in known}
+        try:
+            section = from_dict(section_class(config, selector, chosen), values, source=source, prefix=name)
+        except RecipeError as exc:
+            raise RecipeError(f"{exc} (options of {name} {chosen!r})") from None
+        setattr(recipe, name, section)
+
+
+def _implied_task(sections: dict[str, dict[str, Any]], source: str) -> str:
+    from . import registry
+
+    for name, selector, kind in (("head", "name", "heads"), ("data", "dataset", "datasets")):
+        chosen = sections[name].get(selector)
+        if isinstance(chosen, str):
+            task = getattr(getattr(registry, kind).get(chosen, where=f"{source}: {name}.{selector}"), "task", None)
+            if task:
+                return task
+    raise RecipeError(f"{source}: task: missing; name the task, e.g. `task: tagging` "
+                      f"(registered tasks: {', '.join(registry.tasks.names()) or 'none'})")
+
+
+# What the recipe layout before per-component options kept where it no longer is.
+_MOVED = {("data", "synth"): "the synth-speech options now sit directly in the data section "
+                             "(data.train: 12600 instead of data.synth.train: 12600); remove the synth: level"}
+
+
+def _refuse_old_layout(raw: dict[str, Any], source: str) -> None:
+    for (section, key), where in _MOVED.items():
+        value = raw.get(section)
+        if isinstance(value, dict) and key in value:
+            raise RecipeError(f"{source}: {section}.{key}: moved: {where}")
+
+
+def _migrate_saved(raw: dict[str, Any]) -> None:
+    """A run folder's recipe from before per-component options: every component's options were
+    saved in every section; lift ``data.synth`` into ``data`` (the others are dropped later)."""
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("synth"), dict):
+        synth = data.pop("synth")
+        if data.get("dataset") == "synth-speech":
+            for key in ("train", "valid", "test"):
+                data.pop(key, None)
+            data.update(synth)
 
 
 def _kind(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""Name -> component tables for cells, heads and datasets, filled by the plugins.
+"""Name -> component tables for cells, heads, datasets, feature front-ends and tasks, filled by
+the plugins.
 
 This module sits low in the import graph so that the encoder can resolve ``cell="lstm"``
 without importing the plugin machinery; ``seqkit.plugins`` installs the loader that fills it.
@@ -9,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .errors import SeqkitError
+from .errors import RecipeError
 
-__all__ = ["Entry", "Registry", "cells", "datasets", "heads", "reset", "set_loader"]
+__all__ = ["Entry", "Registry", "cells", "datasets", "features", "heads", "reset", "set_loader", "tasks"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ _loader: Optional[Loader] = None
 
 
 class Registry:
-    """The registered components of one kind ("cell", "head" or "dataset")."""
+    """The registered components of one kind ("cell", "head", "dataset", "features" or "task")."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -48,7 +49,7 @@ class Registry:
         if name not in entries:
             prefix = f"{where}: " if where else ""
             known = ", ".join(sorted(entries)) or "none"
-            raise SeqkitError(
+            raise RecipeError(
                 f"{prefix}unknown {self.kind} {name!r}; registered {self.kind}s: {known} "
                 f"(`seqkit plugins` lists them and the plugins that add them)"
             )
@@ -61,6 +62,9 @@ class Registry:
 cells = Registry("cell")
 heads = Registry("head")
 datasets = Registry("dataset")
+features = Registry("features")
+tasks = Registry("task")
+ALL = (cells, heads, datasets, features, tasks)
 
 
 def set_loader(loader: Loader) -> None:
@@ -71,5 +75,5 @@ def set_loader(loader: Loader) -> None:
 
 def reset() -> None:
     """Forget what was loaded, so the next lookup asks the plugins again."""
-    for registry in (cells, heads, datasets):
+    for registry in ALL:
         registry.clear()

@@ -413,26 +413,31 @@ def _check_state(ctx: _Context) -> str:
 
 def _check_gradcheck(ctx: _Context) -> str:
     input_size, hidden = 2, 3
-    enc = ctx.encoder(input_size, hidden, num_layers=1, bidirectional=True, engine=ctx.engines()[-1])
-    names = [name for name, _ in enc.named_parameters()]
-    params = tuple(p.detach().clone().requires_grad_() for p in enc.parameters())
     x = _inputs(ctx, 2, 3, input_size).requires_grad_()
     lengths = torch.tensor([3, 2])
-    state0 = tuple(s.unsqueeze(0).expand(2, -1, -1).contiguous().requires_grad_()
-                   for s in _random_state(enc.cells["l0"], 2))  # type: ignore[arg-type]
+    count = 0
+    # forward with a carried initial state; bidirectional (which takes no state) from zeros
+    for directions in ("forward", "bidirectional"):
+        enc = ctx.encoder(input_size, hidden, num_layers=1, directions=directions, engine=ctx.engines()[-1])
+        names = [name for name, _ in enc.named_parameters()]
+        params = tuple(p.detach().clone().requires_grad_() for p in enc.parameters())
+        state0: tuple[Tensor, ...] = ()
+        if directions == "forward":
+            state0 = tuple(s.unsqueeze(0).contiguous().requires_grad_()
+                           for s in _random_state(enc.cells["l0"], 2))  # type: ignore[arg-type]
 
-    def run(x, *rest):
-        state, ps = rest[: len(state0)], rest[len(state0):]
-        out, final = torch.func.functional_call(enc, dict(zip(names, ps)), (x, lengths, state))
-        return (out, *final)
+        def run(x, *rest, enc=enc, names=names, k=len(state0)):
+            state, ps = rest[:k], rest[k:]
+            out, final = torch.func.functional_call(enc, dict(zip(names, ps)), (x, lengths, state or None))
+            return (out, *final)
 
-    try:
-        torch.autograd.gradcheck(run, (x, *state0, *params), eps=1e-6, atol=1e-5, rtol=1e-3)
-    except GradcheckError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise _Failed(f"analytical and numerical gradients differ: {first}") from None
-    count = sum(p.numel() for p in params)
-    return f"input, initial state and {count} parameter values (bidirectional, lengths [3, 2])"
+        try:
+            torch.autograd.gradcheck(run, (x, *state0, *params), eps=1e-6, atol=1e-5, rtol=1e-3)
+        except GradcheckError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise _Failed(f"analytical and numerical gradients differ ({directions}): {first}") from None
+        count += sum(p.numel() for p in params)
+    return f"input, initial state and {count} parameter values (forward and bidirectional, lengths [3, 2])"
 
 
 def _check_determinism(ctx: _Context) -> str:

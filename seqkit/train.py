@@ -1,14 +1,17 @@
 """The training loop: seeded, interruptible, and resumable bit for bit from its run folder.
 
-The trainer knows models only through a small protocol: ``model.loss(batch)`` returns the mean
-training loss of a batch and ``model.evaluate(batches)`` returns a dict of float metrics.  A
-batch needs ``batch.to(device)``, ``batch.num_items`` (tokens or frames) and ``len(batch)``.
+The trainer knows models only through the protocol of ``seqkit.tasks``: ``model(batch, state)``
+returns a :class:`~seqkit.tasks.ModelOutput` whose ``loss`` is the mean training loss of the batch
+(and whose ``state``, when not None, is carried into the next batch, detached: truncated
+backpropagation through time; each epoch starts without one), and ``model.evaluate(batches)``
+returns a dict of float metrics.  A batch needs ``batch.to(device)``, ``batch.num_items`` (tokens
+or frames) and ``len(batch)``.  Nothing here knows about tasks or heads.
 
 Run folder::
 
     run_dir/metrics.jsonl                 one JSON object per line ("train" / "valid" events)
-    run_dir/checkpoints/last.safetensors  (+ .json) everything needed to resume (with ``ema_decay``,
-                                          the moving average too)
+    run_dir/checkpoints/last.safetensors  (+ .json) everything needed to resume (the carried
+                                          recurrent state; with ``ema_decay``, the moving average)
     run_dir/checkpoints/best.safetensors  (+ .json) weights with the best monitored metric
     run_dir/checkpoints/epoch-N.safetensors   weights after epoch N, the last ``average_last`` only
     run_dir/checkpoints/best-epoch.safetensors  the best single epoch, when an average replaced it
@@ -30,7 +33,6 @@ import itertools
 import json
 import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -46,6 +48,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, load_extra, preserved_rng, save_checkpoint
 from .errors import SeqkitError
 from .recipe import TrainConfig
+from .tasks import ModelOutput, seed_everything
 
 __all__ = ["Trainer", "build_optimizer", "check_train_config", "reuse_freed_memory"]
 
@@ -53,6 +56,7 @@ __all__ = ["Trainer", "build_optimizer", "check_train_config", "reuse_freed_memo
 _RESUME_SENSITIVE = ("seed", "batch_size", "sortagrad", "optimizer", "lr", "lr_decay", "lr_schedule", "min_lr",
                      "warmup_steps", "weight_decay", "clip_grad_norm", "max_length", "ema_decay")
 _EMA = "ema."  # prefix of the moving average's tensors among a checkpoint's extras
+_CARRY = "carry."  # prefix of the carried recurrent state's tensors (carry.0, carry.1, ...)
 
 
 @dataclass
@@ -65,6 +69,7 @@ class _State:
     best: dict | None = None
     best_value: float | None = None
     bad_epochs: int = 0  # validations since the monitored metric last improved
+    lr_scale: float = 1.0  # lr_schedule plateau: lr_decay to the power of the validations that did not improve
     metrics_lines: int = 0  # lines in metrics.jsonl that belong to this state
     window_loss: float = 0.0  # loss sum since the last "train" log line
     window_steps: int = 0
@@ -139,6 +144,7 @@ class Trainer:
         self._ema: dict[str, torch.Tensor] = {}  # name -> moving average, when ema_decay > 0
         self._ema_avg: list[torch.Tensor] = []  # self._ema's values, in order, for the per-step update
         self._ema_live: list[torch.Tensor] = []  # the model's tensors that they follow
+        self._carry: tuple[torch.Tensor, ...] | None = None  # recurrent state handed to the next batch
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast for forward and loss when ``precision: bf16`` (backward runs outside it)."""
@@ -197,6 +203,8 @@ class Trainer:
             with preserved_rng():  # batching must not shift the RNG stream dropout uses
                 batches = self.train_batches(st.epoch)
             self._steps_per_epoch = len(batches)
+            if st.batch == 0:
+                self._carry = None  # every epoch starts its streams afresh
             outcome = self._train_epoch(batches)
             if outcome == "interrupted":
                 self._save_last()
@@ -257,7 +265,8 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         with self._autocast():
-            loss = self.model.loss(batch)
+            out = self.model(batch) if self._carry is None else self.model(batch, state=self._carry)
+        loss = out.loss if isinstance(out, ModelOutput) else out
         value = float(loss.detach())  # syncs, but the NaN check needs the value anyway
         if not math.isfinite(value):
             raise SeqkitError(f"loss became NaN/inf at step {self.state.step + 1}; "
@@ -271,6 +280,8 @@ class Trainer:
                 raise SeqkitError(f"gradient became NaN/inf at step {self.state.step + 1}; "
                                   "lower train.lr or set train.clip_grad_norm")
         self.optimizer.step()
+        if isinstance(out, ModelOutput) and out.state is not None:
+            self._carry = tuple(t.detach() for t in out.state)
         if self._ema:
             with torch.no_grad():
                 torch._foreach_lerp_(self._ema_avg, self._ema_live, 1.0 - self.config.ema_decay)
@@ -280,7 +291,8 @@ class Trainer:
     def learning_rate(self, step: int, epoch: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based) in epoch ``epoch`` (0-based).
 
-        ``exponential``: ``lr * lr_decay ** epoch``.  ``cosine``: from ``lr`` at step 0 down to
+        ``exponential``: ``lr * lr_decay ** epoch``.  ``plateau``: ``lr`` multiplied by ``lr_decay``
+        after every validation that does not improve the monitored metric.  ``cosine``: from ``lr`` at step 0 down to
         ``min_lr`` at the last step (``epochs`` times the batches of an epoch; ``max_steps`` only
         stops training early, so a run stopped there and resumed follows the same schedule).
         Either way ``warmup_steps`` ramps it up linearly first.
@@ -290,6 +302,8 @@ class Trainer:
             total = config.epochs * max(self._steps_per_epoch, 1)  # max_steps is a stop, not the length
             progress = min(step / max(total - 1, 1), 1.0)
             lr = config.min_lr + (config.lr - config.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        elif config.lr_schedule == "plateau":
+            lr = config.lr * self.state.lr_scale
         else:
             lr = config.lr * config.lr_decay ** epoch
         if config.warmup_steps > 0 and step < config.warmup_steps:
@@ -346,6 +360,8 @@ class Trainer:
             self._save_best()
         elif not partial:
             st.bad_epochs += 1
+            if self.config.lr_schedule == "plateau":
+                st.lr_scale *= self.config.lr_decay
 
     def _improves(self, value: float) -> bool:
         if math.isnan(value):
@@ -392,6 +408,7 @@ class Trainer:
         if self._saved_key == self._progress_key():
             return  # nothing happened since the previous save (e.g. Ctrl-C at an epoch end)
         extra = {_EMA + name: tensor for name, tensor in self._ema.items()}
+        extra.update({f"{_CARRY}{i}": t for i, t in enumerate(self._carry or ())})
         save_checkpoint(self.checkpoint_path("last"), self.model, self.optimizer,
                         self._checkpoint_meta(), extra)
         self._saved_key = self._progress_key()
@@ -486,10 +503,7 @@ class Trainer:
     # --- setup and bookkeeping -------------------------------------------------------------
 
     def _seed(self) -> None:
-        torch.manual_seed(self.config.seed)
-        random.seed(self.config.seed)
-        if "numpy" in sys.modules:
-            sys.modules["numpy"].random.seed(self.config.seed)
+        seed_everything(self.config.seed)
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
 
@@ -512,7 +526,10 @@ class Trainer:
                 os.replace(single, self.checkpoint_path("best"))
                 os.replace(single.with_suffix(".json"), self.checkpoint_path("best").with_suffix(".json"))
             self._saved_key = self._progress_key()
-            self._start_ema(load_extra(last) if self.config.ema_decay > 0 else {})  # only then read twice
+            extras = load_extra(last)
+            self._start_ema(extras if self.config.ema_decay > 0 else {})
+            carried = sorted((int(k[len(_CARRY):]), v) for k, v in extras.items() if k.startswith(_CARRY))
+            self._carry = tuple(v.to(self.device) for _, v in carried) or None
             print(f"Resuming from {last} (epoch {self.state.epoch + 1}, "
                   f"step {self.state.step}).", file=sys.stderr)
             return
@@ -520,6 +537,7 @@ class Trainer:
             print(f"No checkpoint at {last}; starting a fresh run.", file=sys.stderr)
         self.state = _State()
         self._saved_key = None
+        self._carry = None
         stale = [self.checkpoint_path("last"), self.checkpoint_path("best"), self._best_epoch_path(),
                  *self._snapshots().values()]
         for path in stale:

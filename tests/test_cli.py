@@ -45,7 +45,8 @@ def test_recipe_validate_ok_and_error_subprocess(tmp_path):
     proc = seqkit_proc("recipe", "validate", str(bad))
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"error: {bad}: encoder.hidden: unknown key; expected one of bidirectional, "
-                                   "cell, dropout, engine, hidden_size, num_layers")
+                                   "cell, directions, dropout, engine, hidden_size, init_from, input_dropout, "
+                                   "locked_dropout, num_layers, output_dropout, weight_drop")
     proc = seqkit_proc("--debug", "recipe", "validate", str(bad))
     assert "Traceback" in proc.stderr
 

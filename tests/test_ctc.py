@@ -115,16 +115,13 @@ def test_beam_search_sums_alignments_where_greedy_takes_the_best_path():
 
 
 def _tiny_recipe() -> Recipe:
-    recipe = Recipe()
-    recipe.features.kind = "fbank"
-    recipe.features.n_mels = 40
-    recipe.features.subsampling = 4
-    recipe.features.conv_channels = 8
-    recipe.features.freq_masks = recipe.features.time_masks = 0
-    recipe.encoder.hidden_size = 64
-    recipe.encoder.num_layers = 1
-    recipe.head.name = "ctc"
-    return recipe
+    return Recipe.from_dict({
+        "task": "transcription",
+        "features": {"kind": "fbank", "n_mels": 40, "subsampling": 4, "conv_channels": 8, "freq_masks": 0,
+                     "time_masks": 0},
+        "encoder": {"hidden_size": 64, "num_layers": 1},
+        "head": {"name": "ctc"},
+    })
 
 
 @needs_espeak
@@ -144,7 +141,7 @@ def test_tiny_model_overfits_three_real_utterances(tmp_path):
     first = None
     for _ in range(300):  # about 160 steps are needed
         model.train()
-        loss = model.loss(batch)
+        loss = model(batch).loss
         first = first if first is not None else float(loss.detach())
         opt.zero_grad()
         loss.backward()
@@ -181,4 +178,4 @@ def test_repeat_last_padding_extends_each_utterance_and_takes_the_fused_kernel(m
     model.eval()
     with torch.no_grad():
         monkeypatch.setattr(type(model.encoder), "_layers", lambda *a: pytest.fail("layer-by-layer path"))
-        assert torch.isfinite(model.loss(batch))
+        assert torch.isfinite(model(batch).loss)

@@ -7,10 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 import seqkit
 import seqkit.errors
 from seqkit.cells import LSTMCell
+from seqkit.regularize import embedding_dropout, locked_dropout
+from tests.plugins.mingru import MinGRUCell
 
 
 def _pair(cell: str, **kw):
@@ -73,10 +76,11 @@ def test_matches_nn_lstm_on_full_length():
     lengths=st.lists(st.integers(min_value=1, max_value=8), min_size=1, max_size=5),
     pad=st.integers(min_value=0, max_value=3),
     generic=st.booleans(),
+    directions=st.sampled_from(["bidirectional", "split"]),
 )
-def test_padding_invariance(lengths, pad, generic):
+def test_padding_invariance(lengths, pad, generic, directions):
     torch.manual_seed(1)
-    enc = seqkit.Encoder(3, 4, num_layers=2, bidirectional=True, batch_first=True,
+    enc = seqkit.Encoder(3, 4, num_layers=2, directions=directions, batch_first=True,
                          engine="generic" if generic else "auto").double().eval()
     total = max(lengths) + pad
     x = torch.randn(len(lengths), total, 3, dtype=torch.float64)
@@ -145,3 +149,236 @@ def test_bad_inputs_are_clear():
         enc(torch.randn(2, 5, 3), torch.tensor([6, 1]))
     with pytest.raises(seqkit.errors.SeqkitError, match="unknown cell 'nope'"):
         seqkit.Encoder(3, 4, cell="nope")
+
+
+# Carried state: one call over L steps equals two calls with the state carried across, and a
+# wrong state is one clear error (the fused kernel would crash, the generic engine misbehave).
+
+STATE_CASES = [("lstm", "auto"), ("gru", "auto"), ("lstm", "generic"), ("gru", "generic"), (MinGRUCell, "auto")]
+
+
+@pytest.mark.parametrize("cell,engine", STATE_CASES)
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_carried_state_equals_one_call(cell, engine, with_lengths):
+    torch.manual_seed(0)
+    enc = seqkit.Encoder(3, 4, num_layers=2, cell=cell, batch_first=True, engine=engine).double()
+    x = torch.randn(3, 16, 3, dtype=torch.float64)
+    full = (lambda n: torch.full((3,), n)) if with_lengths else (lambda n: None)
+    out, state = enc(x, full(16))
+    out1, state1 = enc(x[:, :10], full(10))
+    out2, state2 = enc(x[:, 10:], full(6), state1)
+    torch.testing.assert_close(torch.cat([out1, out2], dim=1), out)
+    for a, b in zip(state2, state):
+        assert a.shape == (2, 3, 4)
+        torch.testing.assert_close(a, b)
+    # the second call on variable lengths (rows sorted inside): each row as if run alone
+    out3, state3 = enc(x[:, 10:], torch.tensor([2, 6, 4]), state1)
+    for i, n in enumerate([2, 6, 4]):
+        alone, alone_state = enc(x[i: i + 1, : 10 + n])
+        torch.testing.assert_close(out3[i: i + 1, :n], alone[:, 10:])
+        for a, b in zip(state3, alone_state):
+            torch.testing.assert_close(a[:, i: i + 1], b)
+    # the carried state is part of the graph: gradients reach the first half's input
+    xr = x.clone().requires_grad_()
+    _, s1 = enc(xr[:, :10])
+    enc(xr[:, 10:], None, s1)[0].sum().backward()
+    assert xr.grad[:, :10].abs().sum() > 0
+
+
+@pytest.mark.parametrize("cell,engine", [("lstm", "auto"), ("gru", "auto"), ("lstm", "generic")])
+def test_wrong_state_is_one_clear_error(cell, engine):
+    enc = seqkit.Encoder(3, 4, num_layers=2, cell=cell, batch_first=True, engine=engine)
+    x = torch.randn(5, 6, 3)
+    count = 2 if cell == "lstm" else 1
+    good = tuple(torch.zeros(2, 5, 4) for _ in range(count))
+    enc(x, None, good)
+    wrong = {
+        "wrong count": (tuple(torch.zeros(2, 5, 4) for _ in range(3 - count)), rf"expected a tuple of {count}"),
+        "a bare tensor": (torch.zeros(2, 5, 4), rf"expected a tuple of {count} .*got a Tensor"),
+        "wrong layers": (tuple(torch.zeros(1, 5, 4) for _ in range(count)), r"\(2, 5, 4\) .*got shape \(1, 5, 4\)"),
+        "wrong batch": (tuple(torch.zeros(2, 4, 4) for _ in range(count)), r"\(2, 5, 4\) .*got shape \(2, 4, 4\)"),
+        "wrong hidden": (tuple(torch.zeros(2, 5, 8) for _ in range(count)), r"\(2, 5, 4\) .*got shape \(2, 5, 8\)"),
+        "integers": (tuple(torch.zeros(2, 5, 4, dtype=torch.long) for _ in range(count)), "got dtype torch.int64"),
+    }
+    for what, (state, message) in wrong.items():
+        with pytest.raises(seqkit.errors.SeqkitError, match=message):
+            enc(x, None, state)
+            pytest.fail(what)
+    with pytest.raises(seqkit.errors.SeqkitError, match="got shape"):  # with lengths (sorting) too
+        enc(x, torch.tensor([6, 2, 3, 1, 6]), tuple(torch.zeros(2, 4, 4) for _ in range(count)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for a second device")
+def test_state_on_another_device_is_an_error():
+    enc = seqkit.Encoder(3, 4, num_layers=2, batch_first=True)
+    state = tuple(torch.zeros(2, 5, 4, device="cuda") for _ in range(2))
+    with pytest.raises(seqkit.errors.SeqkitError, match=r"on cpu, got a tensor on cuda:0"):
+        enc(torch.randn(5, 6, 3), None, state)
+
+
+@pytest.mark.parametrize("directions", ["bidirectional", "split"])
+@pytest.mark.parametrize("engine", ["auto", "generic"])
+def test_state_into_two_directions_is_an_error(directions, engine):
+    enc = seqkit.Encoder(3, 4, num_layers=2, directions=directions, batch_first=True, engine=engine)
+    state = tuple(torch.zeros(4, 5, 4) for _ in range(2))  # (num_layers * D, N, H): the shape is right
+    with pytest.raises(seqkit.errors.SeqkitError, match="carried state needs directions='forward'"):
+        enc(torch.randn(5, 6, 3), None, state)
+
+
+# Regularisation (AWD-LSTM): locked dropout, input/output dropout, weight drop.
+
+REGULARISED = dict(dropout=0.4, locked_dropout=True, input_dropout=0.3, output_dropout=0.2, weight_drop=0.5)
+
+
+@pytest.mark.parametrize("engine", ["auto", "generic"])
+@pytest.mark.parametrize("directions", ["forward", "split"])
+def test_regularisation_changes_nothing_in_eval(engine, directions):
+    torch.manual_seed(0)
+    plain = seqkit.Encoder(3, 4, num_layers=3, directions=directions, batch_first=True, engine=engine)
+    reg = seqkit.Encoder(3, 4, num_layers=3, directions=directions, batch_first=True, engine=engine,
+                         **REGULARISED)
+    reg.load_state_dict(plain.state_dict())
+    plain.eval(), reg.eval()
+    x = torch.randn(3, 7, 3)
+    for lengths in (None, torch.tensor([7, 3, 5])):
+        torch.testing.assert_close(reg(x, lengths)[0], plain(x, lengths)[0], rtol=0, atol=0)
+    reg.train()
+    assert not torch.equal(reg(x)[0], plain(x)[0])
+
+
+def _dropped_copy(enc, p, seed):
+    """An eval-mode copy of ``enc`` whose weight_hh are the DropConnect draws of ``seed``."""
+    torch.manual_seed(seed)
+    masks = {key: F.dropout(c.weight_hh, p, training=True) for key, c in enc.cells.items()}
+    copy = seqkit.Encoder(3, 4, num_layers=enc.num_layers, directions=enc.directions, batch_first=True)
+    copy.load_state_dict(enc.state_dict())
+    for key, w in masks.items():
+        copy.cells[key].weight_hh.data.copy_(w.detach())
+    return copy.to(w.dtype).eval(), masks
+
+
+@pytest.mark.parametrize("engine", ["auto", "generic"])
+@pytest.mark.parametrize("lengths", [None, [7, 3, 5]])
+def test_weight_drop(engine, lengths):
+    torch.manual_seed(0)
+    enc = seqkit.Encoder(3, 4, num_layers=2, directions="split", batch_first=True, engine=engine,
+                         weight_drop=0.5).double().train()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    x = torch.randn(3, 7, 3, dtype=torch.float64)
+    lens = torch.tensor(lengths) if lengths else None
+    torch.manual_seed(7)
+    out, _ = enc(x, lens)
+    # exactly an LSTM whose recurrent weights are that call's dropped copies
+    copy, dropped = _dropped_copy(enc, 0.5, seed=7)
+    torch.testing.assert_close(out, copy(x, lens)[0])
+    assert not torch.allclose(out, enc.eval()(x, lens)[0])
+    enc.train()
+    for key, value in enc.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} changed in place"
+    torch.manual_seed(7)
+    assert torch.equal(enc(x, lens)[0], out)  # same seed, same masks
+    # the gradient reaches the parameter, through the mask
+    out.sum().backward()
+    for key, c in enc.cells.items():
+        grad, kept = c.weight_hh.grad, dropped[key] != 0
+        assert torch.all(grad[~kept] == 0) and grad[kept].abs().sum() > 0, key
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("lengths", [None, [7, 3, 5, 0]])
+def test_weight_drop_fused_and_generic_agree_under_one_seed(cell, lengths):
+    fused, generic = _pair(cell, num_layers=2, bidirectional=True, weight_drop=0.3)
+    x = torch.randn(4, 7, 5, dtype=torch.float64)
+    lens = torch.tensor(lengths) if lengths else None
+    torch.manual_seed(3)
+    out_f, st_f = fused(x, lens)
+    torch.manual_seed(3)
+    out_g, st_g = generic(x, lens)
+    torch.testing.assert_close(out_f, out_g)
+    for a, b in zip(st_f, st_g):
+        torch.testing.assert_close(a, b)
+    out_f.sum().backward()
+    out_g.sum().backward()
+    for (name, p), q in zip(fused.named_parameters(), generic.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+
+
+def test_weight_drop_needs_a_recurrent_weight():
+    with pytest.raises(seqkit.errors.SeqkitError, match="MinGRUCell declares none"):
+        seqkit.Encoder(3, 4, cell=MinGRUCell, weight_drop=0.5)
+    with pytest.raises(seqkit.errors.SeqkitError, match=r"weight_drop must be in \[0, 1\)"):
+        seqkit.Encoder(3, 4, weight_drop=1.0)
+
+
+@pytest.mark.parametrize("engine", ["auto", "generic"])
+def test_locked_dropout_between_layers_is_one_mask_per_sequence(engine):
+    """A 2-layer encoder in training = layer 0, times one (1, N, H) mask, then layer 1."""
+    torch.manual_seed(0)
+    enc = seqkit.Encoder(3, 4, num_layers=2, dropout=0.5, locked_dropout=True, engine=engine).double()
+    layer = [seqkit.Encoder(3 if i == 0 else 4, 4).double().eval() for i in range(2)]
+    for i in range(2):
+        layer[i].cells["l0"].load_state_dict(enc.cells[f"l{i}"].state_dict())
+    x = torch.randn(7, 3, 3, dtype=torch.float64)  # (L, N, I)
+    torch.manual_seed(5)
+    out, _ = enc(x)
+    torch.manual_seed(5)
+    mask = torch.empty(1, 3, 4, dtype=torch.float64).bernoulli_(0.5).div_(0.5)
+    below, _ = layer[0](x)
+    torch.testing.assert_close(out, layer[1](below * mask)[0])
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_output_dropout_mask_is_locked_over_time(locked):
+    torch.manual_seed(0)
+    enc = seqkit.Encoder(3, 16, output_dropout=0.5, locked_dropout=locked, batch_first=True)
+    x = torch.randn(4, 9, 3)
+    ref = enc.eval()(x)[0]
+    out = enc.train()(x)[0]
+    kept = out != 0  # (N, L, H)
+    torch.testing.assert_close(out[kept], ref[kept] * 2)
+    assert 0 < kept.float().mean() < 1
+    constant = bool(torch.all(kept == kept[:, :1]))
+    assert constant == locked
+
+
+def test_input_dropout_is_locked_too():
+    torch.manual_seed(0)
+    enc = seqkit.Encoder(8, 4, input_dropout=0.5, locked_dropout=True, batch_first=True).double()
+    x = torch.randn(3, 6, 8, dtype=torch.float64)
+    torch.manual_seed(2)
+    out, _ = enc(x)
+    torch.manual_seed(2)
+    mask = torch.empty(1, 3, 8, dtype=torch.float64).bernoulli_(0.5).div_(0.5)  # (1, N, I) time-major
+    torch.testing.assert_close(out, enc.eval()(x * mask.transpose(0, 1))[0])
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_locked_dropout_function(batch_first):
+    x = torch.ones(6, 5, 40)
+    torch.manual_seed(0)
+    out = locked_dropout(x, 0.5, training=True, batch_first=batch_first)
+    time_dim = 1 if batch_first else 0
+    first = out.narrow(time_dim, 0, 1)
+    assert torch.equal(out, first.expand_as(out))  # one mask for every step
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert locked_dropout(x, 0.5, training=False) is x
+    with pytest.raises(seqkit.errors.SeqkitError, match="must be in"):
+        locked_dropout(x, 1.0, training=True)
+
+
+def test_embedding_dropout_drops_whole_words():
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 8, padding_idx=0)
+    weight = emb.weight.detach().clone()
+    ids = torch.arange(50).repeat(3, 1)  # (N, L): every word three times
+    out = embedding_dropout(emb, ids, 0.5, training=True)  # (N, L, E)
+    assert out.shape == (3, 50, 8)
+    assert torch.equal(emb.weight, weight)  # the parameter is untouched
+    dropped = (out[0] == 0).all(-1)  # (V,)
+    assert 0 < dropped.sum() < 50
+    for row in out:  # a word type is dropped everywhere or nowhere
+        torch.testing.assert_close(row, torch.where(dropped[:, None], 0.0, weight * 2))
+    out.sum().backward()
+    assert torch.all(emb.weight.grad[dropped] == 0) and torch.all(emb.weight.grad[~dropped][1:] != 0)
+    torch.testing.assert_close(embedding_dropout(emb, ids, 0.5, training=False), emb(ids))
+    torch.testing.assert_close(embedding_dropout(emb, ids, 0.0, training=True, scale=3.0), emb(ids) * 3)

@@ -180,3 +180,45 @@ def test_two_thread_directions_equal_one_by_one(monkeypatch, cell_cls):
     for a, b in zip(two[3], one[3]):
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(two[4], one[4])
+
+
+@pytest.mark.parametrize("run", [_recurrence, _autograd_loop])
+@pytest.mark.parametrize("cell_cls", [LSTMCell, OutputIsNotState])
+def test_recurrent_weight_override(run, cell_cls):
+    """A tensor in place of the recurrent weight (weight drop) acts as that weight; its gradient
+    is the parameter's would be; the parameter is neither read nor written."""
+    torch.manual_seed(0)
+    cell = cell_cls(3, 4).double()
+    name = cell.recurrent_weight
+    param = getattr(cell, name)
+    before = param.detach().clone()
+    source = torch.randn(param.shape, dtype=F64, requires_grad=True)
+    override = source * 2  # a non-leaf, like F.dropout(weight)
+    x = torch.randn(6, 3, 3, dtype=F64)
+    lens = [6, 4, 1]
+    state = cell.initial_state(3, dtype=F64)
+    out, final = run(cell, x, lens, state, override)
+    (out.sum() + sum(f.sum() for f in final)).backward()
+    assert getattr(cell, name) is param and torch.equal(param, before)
+    assert param.grad is None or torch.all(param.grad == 0)
+    # the reference: a copy of the cell that holds the override as its parameter
+    ref = cell_cls(3, 4).double()
+    ref.load_state_dict(cell.state_dict())
+    getattr(ref, name).data.copy_(override.detach())
+    ref_out, ref_final = run(ref, x, lens, state)
+    (ref_out.sum() + sum(f.sum() for f in ref_final)).backward()
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(source.grad, 2 * getattr(ref, name).grad)
+
+
+@pytest.mark.parametrize("run", [_recurrence, _autograd_loop])
+def test_full_lengths_as_none(run):
+    """``lens=None`` (every row full, no per-row Python work) equals the explicit list."""
+    torch.manual_seed(0)
+    cell = GRUCell(3, 4).double()
+    x = torch.randn(5, 3, 3, dtype=F64)
+    state = tuple(torch.randn(s.shape, dtype=F64) for s in cell.initial_state(3, dtype=F64))
+    out, final = run(cell, x, None, state)
+    ref, ref_final = run(cell, x, [5, 5, 5], state)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(final[0], ref_final[0])

@@ -100,7 +100,7 @@ def test_plugins_command_subprocess_sees_entry_points(site):
     assert "Traceback" not in proc.stderr
 
 
-def test_docs_cover_every_hook_with_a_runnable_example(register_plugin):
+def test_docs_cover_every_hook_with_a_runnable_example(register_plugin, monkeypatch):
     text = DOCS.read_text(encoding="utf-8")
     specs = {name: fn for name, fn in vars(hookspecs).items()
              if callable(fn) and hasattr(fn, "seqkit_spec")}
@@ -112,6 +112,7 @@ def test_docs_cover_every_hook_with_a_runnable_example(register_plugin):
         blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
         assert blocks, f"no example for {name}"
         module = types.ModuleType(f"docs_example_{name}")
+        monkeypatch.setitem(sys.modules, module.__name__, module)  # dataclasses look their module up
         exec(compile(blocks[0], f"docs/plugins.md:{name}", "exec"), module.__dict__)  # noqa: S102
         register_plugin(module, name=module.__name__)
         if name == "register_commands":
@@ -122,6 +123,7 @@ def test_docs_cover_every_hook_with_a_runnable_example(register_plugin):
             assert group.commands, "the register_commands example adds no command"
             continue
         kind = plugins.HOOK_KINDS[name]
+        field = plugins._INFO_FIELD[kind]
         info = {i.name: i for i in plugins.plugin_info()}[module.__name__]
-        (registered,) = getattr(info, kind + "s")
-        assert getattr(registry, kind + "s").get(registered) is not None
+        (registered,) = getattr(info, field)
+        assert getattr(registry, field).get(registered) is not None

@@ -76,14 +76,14 @@ class SequenceClassifier(nn.Module):
         self.out = nn.Linear(32, 3)
         self.autocast_seen: list[bool] = []
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch, state=None) -> torch.Tensor:  # a bare loss tensor is accepted too
         self.autocast_seen.append(torch.is_autocast_enabled("cpu"))
         h, _ = self.encoder(batch.x, batch.lengths)
         pooled = h.float().sum(1) / batch.lengths.unsqueeze(1)  # (N, D*H)
         return F.cross_entropy(self.out(pooled), batch.y)
 
     def evaluate(self, batches):
-        return {"loss": float(sum(self.loss(b) for b in batches))}
+        return {"loss": float(sum(self(b) for b in batches))}
 
 
 def _data() -> list[Batch]:

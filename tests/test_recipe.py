@@ -23,7 +23,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_file_and_overrides_precedence(tmp_path):
-    path = write(tmp_path, "encoder:\n  num_layers: 2\n  hidden_size: 64\ntrain:\n  lr: 0.01\n")
+    path = write(tmp_path, "task: tagging\nencoder:\n  num_layers: 2\n  hidden_size: 64\ntrain:\n  lr: 0.01\n")
     r = Recipe.load(path, ["encoder.num_layers=3", "train.seed=7", "encoder.cell=gru", "device=cpu"])
     assert r.encoder.num_layers == 3  # --set beats the file
     assert r.encoder.hidden_size == 64  # the file beats the defaults
@@ -44,9 +44,21 @@ def test_defaults_file_and_overrides_precedence(tmp_path):
         ("", ["train.epochs=many"], r"train\.epochs: expected an integer, got 'many'"),
         ("", ["nonsense"], r"--set 'nonsense': expected KEY\.PATH=VALUE"),
         ("", ["bogus.key=1"], r"bogus: unknown key"),
+        ("head: {name: ctc, crf: true}\n", [], r"r\.yaml: head\.crf: unknown key; expected one of beam_size, bpe_size, "
+         r"dropout, lexicon, name, vocab \(options of head 'ctc'\)"),
+        ("head: {name: tagger, beam_size: 4}\n", [], r"head\.beam_size: unknown key.*options of head 'tagger'"),
+        ("task: tagging\ndata: {dataset: msra-ner, train: x.conll}\n", [], r"data\.train: unknown key.*'msra-ner'"),
+        ("task: tagging\nfeatures: {kind: tokens, n_mels: 40}\n", [], r"features\.n_mels: unknown key"),
+        ("task: {name: language-model, bptt: many}\n", [], r"task\.bptt: expected an integer, got 'many'"),
+        ("task: nosuchtask\n", [], r"r\.yaml: task\.name: unknown task 'nosuchtask'; registered tasks: "
+         r"language-model, tagging, transcription"),
+        ("encoder: {}\n", [], r"r\.yaml: task: missing; name the task, e.g. `task: tagging`"),
+        ("data: {dataset: synth-speech, synth: {train: 10}}\n", [], r"data\.synth: moved: the synth-speech options "
+         r"now sit directly in the data section"),
+        ("head: {name: ctc}\nencoder: {directions: sideways}\n", [], r"encoder\.directions: expected one of"),
     ],
 )
-def test_bad_recipes_are_one_clear_line(tmp_path, text, overrides, message):
+def test_bad_recipes_are_one_clear_line(tmp_path, text, overrides, message, plugin_manager):
     path = write(tmp_path, text)
     with pytest.raises(RecipeError, match=message) as info:
         Recipe.load(path, overrides)
@@ -56,6 +68,37 @@ def test_bad_recipes_are_one_clear_line(tmp_path, text, overrides, message):
 def test_missing_file(tmp_path):
     with pytest.raises(RecipeError, match="recipe file not found"):
         Recipe.load(tmp_path / "nope.yaml")
+
+
+def test_each_component_reads_its_own_options(tmp_path, plugin_manager):
+    recipe = Recipe.load(write(tmp_path, "head: {name: ctc, beam_size: 64}\n"), ["data.train=100"])
+    assert recipe.task.name == "transcription"  # implied by the head
+    assert recipe.head.beam_size == 64 and not hasattr(recipe.head, "crf")
+    assert recipe.data.dataset == "synth-speech" and recipe.data.train == 100  # the task's default dataset
+    assert recipe.features.kind == "fbank" and recipe.features.n_mels == 80
+    shown = yaml.safe_load(recipe.to_yaml())
+    assert shown["head"] == {"name": "ctc", "dropout": 0.0, "vocab": "chars", "bpe_size": 256, "beam_size": 64,
+                             "lexicon": None}
+    assert list(shown["data"])[0] == "dataset"
+
+
+def test_a_run_folders_old_recipe_still_loads(tmp_path, plugin_manager):
+    old = {  # as seqkit wrote recipe.yaml before per-component options: every option everywhere
+        "description": "", "data": {"dataset": "synth-speech", "train": None, "valid": None, "test": None,
+                                    "valid_fraction": 0.0, "limit": 0, "tokenize": "chars", "cache_dir": "/c",
+                                    "synth": {"text": "kjv", "train": 12600, "valid": 200}},
+        "features": {"kind": "fbank", "embedding_dim": 100, "n_mels": 80, "subsampling": 4},
+        "encoder": {"cell": "lstm", "num_layers": 3, "hidden_size": 256, "bidirectional": True, "dropout": 0.1,
+                    "engine": "auto"},
+        "head": {"name": "ctc", "crf": True, "scheme": "auto", "dropout": 0.0, "vocab": "chars", "beam_size": 64,
+                 "lexicon": "train"},
+        "train": {"epochs": 9}, "device": "auto"}
+    path = write(tmp_path, yaml.safe_dump(old))
+    with pytest.raises(RecipeError, match=r"data\.synth: moved"):
+        Recipe.load(path)  # a user's recipe gets told what moved where
+    recipe = Recipe.load(path, saved=True)
+    assert recipe.task.name == "transcription" and recipe.data.train == 12600 and recipe.data.cache_dir == "/c"
+    assert recipe.head.beam_size == 64 and recipe.head.lexicon == "train"
 
 
 def test_unknown_names_and_devices(tmp_path, plugin_manager):
@@ -68,9 +111,8 @@ def test_unknown_names_and_devices(tmp_path, plugin_manager):
         ("train.ema_decay", "1.5", r"r\.yaml: train\.ema_decay must be at least 0 and below 1, got 1\.5"),
         ("train.average_last", "-2", r"r\.yaml: train\.average_last must be 0 or more"),
     ]:
-        recipe = Recipe.load(write(tmp_path, ""), [f"{key}={value}", "data.train=x"])
         with pytest.raises(SeqkitError, match=message):
-            check_recipe(recipe)
+            check_recipe(Recipe.load(write(tmp_path, "task: tagging\n"), [f"{key}={value}", "data.train=x"]))
 
 
 def test_device_resolution():
@@ -95,6 +137,7 @@ def test_every_shipped_recipe_validates(plugin_manager):
     assert paths
     for path in paths:
         recipe = Recipe.load(path, ["device=cpu"])
+        assert recipe.task is not None and recipe.head is not None
         assert recipe.description, f"{path} needs a description for `seqkit recipe list`"
 
 

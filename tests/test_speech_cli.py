@@ -22,7 +22,7 @@ from seqkit.data.speech import LIBRIVOX
 from seqkit.errors import DataError
 from seqkit.features.audio import read_audio
 from seqkit.heads.ctc import error_rates
-from seqkit.models.speech import evaluate_data, make_batches
+from seqkit.models.speech import TranscriptionTask, make_batches
 from seqkit.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("speech")
     overrides = ["device=cpu", "train.max_steps=2", "train.threads=1", "train.batch_size=3",
                  "data.limit=3", f"data.cache_dir={tmp / 'cache'}",
-                 f"data.synth.librivox={'true' if LIBRIVOX.is_dir() else 'false'}"]
+                 f"data.librivox={'true' if LIBRIVOX.is_dir() else 'false'}"]
     args = ["recipe", "run", str(RECIPE), "--out", str(tmp / "run"), "--no-progress"]
     for item in overrides:
         args += ["--set", item]
@@ -153,7 +153,7 @@ def test_one_pass_for_several_beams_gives_what_each_beam_gives_alone(run, tmp_pa
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"audio": p.name, "text": refs[0]}) + "\n" for p in (good, bad, stereo)),
                         encoding="utf-8")
-    metrics = evaluate_data(asr, manifest)
+    metrics = TranscriptionTask().evaluate_data(asr, manifest)
     assert (metrics["cer"], metrics["wer"]) == tuple(error_rates(refs, texts[0]).values())
     assert (metrics["cer_beam"], metrics["wer_beam"]) == tuple(error_rates(refs, texts[4]).values())
     assert metrics["utterances"] == 2 and len(metrics["unreadable"]) == 1
@@ -177,10 +177,10 @@ def test_load_and_transcribe_files_and_arrays(run, tmp_path, device):
 
 
 def test_sortagrad_orders_the_first_speech_epoch_by_duration(run):
-    from seqkit.models.speech import prepare
+    prepare = TranscriptionTask().prepare
 
     recipe = Recipe.load(RECIPE, ["device=cpu", "train.batch_size=2", "data.limit=6", "train.sortagrad=true",
-                                  f"data.cache_dir={run.parent / 'cache'}", "data.synth.librivox=false"])
+                                  f"data.cache_dir={run.parent / 'cache'}", "data.librivox=false"])
     prepared = prepare(recipe, None, log=lambda msg: None)
     first = [b.lengths.tolist() for b in prepared.train_batches(0)]
     frames = [n for batch in first for n in sorted(batch)]
@@ -191,10 +191,10 @@ def test_sortagrad_orders_the_first_speech_epoch_by_duration(run):
 
 def test_trim_silence_shortens_training_utterances_only(run):
     from seqkit.errors import RecipeError
-    from seqkit.models.speech import prepare
+    prepare = TranscriptionTask().prepare
 
     base = ["device=cpu", "train.batch_size=2", "data.limit=6", f"data.cache_dir={run.parent / 'cache'}",
-            "data.synth.librivox=false", "data.synth.flite=0"]
+            "data.librivox=false", "data.flite=0"]
     logs: list[str] = []
     plain = prepare(Recipe.load(RECIPE, base), None, log=lambda msg: None)
     trimmed = prepare(Recipe.load(RECIPE, base + ["features.trim_silence=0.05"]), None, log=logs.append)

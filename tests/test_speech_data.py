@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from seqkit.build import check_recipe
 from seqkit.cli import cli
 from seqkit.data import speech
-from seqkit.data.speech import chunks, normalize_transcript, read_manifest
+from seqkit.data.speech import ManifestConfig, chunks, normalize_transcript, read_manifest
 from seqkit.errors import DataError
-from seqkit.recipe import DataConfig, Recipe, SynthConfig
+from seqkit.recipe import Recipe
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("bible") is None,
                                   reason="espeak-ng or bible-kjv is not installed "
@@ -48,7 +48,7 @@ def test_manifest_resolves_audio_relative_to_itself(tmp_path, monkeypatch):
     corpus = read_manifest(data / "all.jsonl")
     assert [u.audio for u in corpus.utterances] == [data / "wav" / "a.wav"] * 2
     assert corpus.utterances[0].text == "hello world" and corpus.utterances[0].info == {"speaker": "x"}
-    splits = speech.manifest_provider(DataConfig(dataset="manifest", train="corpus/all.jsonl"), base=tmp_path)
+    splits = speech.manifest_provider(ManifestConfig(train="corpus/all.jsonl"), base=tmp_path)
     assert splits["train"].utterances[0].audio.exists() and splits["test"].utterances == []
 
 
@@ -71,13 +71,9 @@ def test_librivox_sample_has_five_real_sentences():
 
 
 def _recipe(tmp_path, **synth) -> Recipe:
-    recipe = Recipe()
-    recipe.head.name = "ctc"
-    recipe.features.kind = "fbank"
-    recipe.data = DataConfig(dataset="synth-speech", cache_dir=str(tmp_path / "cache"),
-                             synth=SynthConfig(**{"train": 6, "valid": 2, "test": 3, "flite": 0, "librivox": False,
-                                                  **synth}))
-    return recipe
+    data = {"dataset": "synth-speech", "cache_dir": str(tmp_path / "cache"), "train": 6, "valid": 2, "test": 3,
+            "flite": 0, "librivox": False, **synth}
+    return Recipe.from_dict({"task": "transcription", "data": data})
 
 
 def test_missing_program_is_one_line_naming_the_package(tmp_path, monkeypatch):

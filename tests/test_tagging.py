@@ -78,7 +78,7 @@ def test_batch_size_does_not_change_tags(run_dir):
 def test_evaluate_other_file_with_unseen_tags(run_dir, tmp_path):
     data = tmp_path / "other.conll"
     data.write_text("Ada B-PER\nBrook I-PER\nsings O\nin O\nHollis B-MISC\n\n", encoding="utf-8")
-    metrics = evaluate_run(run_dir, data)
+    metrics, _ = evaluate_run(run_dir, data)
     assert metrics["per_type"]["PER"]["f1"] == 100.0
     assert metrics["per_type"]["MISC"]["recall"] == 0.0  # a type the model never saw still counts
     assert metrics["sentences"] == 1
@@ -117,7 +117,9 @@ def test_resume_with_a_different_model_is_refused(tmp_path):
 
 
 def test_sortagrad_takes_the_first_epoch_shortest_first(tmp_path):
-    from seqkit.models.tagging import prepare
+    from seqkit.models.tagging import TaggingTask
+
+    prepare = TaggingTask().prepare
 
     def lengths(batches):
         return [int(b.lengths.max()) for b in batches]

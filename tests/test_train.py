@@ -21,6 +21,7 @@ from torch import nn
 from seqkit.checkpoint import read_meta
 from seqkit.errors import SeqkitError
 from seqkit.recipe import TrainConfig
+from seqkit.tasks import ModelOutput
 from seqkit.train import Trainer
 
 _gen = torch.Generator().manual_seed(0)
@@ -62,11 +63,11 @@ class Toy(nn.Module):
         self.calls = 0
         self.hook = None  # called with the call count before each training loss
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def forward(self, batch: Batch, state=None) -> ModelOutput:
         self.calls += 1
         if self.hook is not None:
             self.hook(self.calls)
-        return F.cross_entropy(self.lin(self.drop(batch.x)), batch.y)
+        return ModelOutput(F.cross_entropy(self.lin(self.drop(batch.x)), batch.y))
 
     def evaluate(self, batches) -> dict[str, float]:
         total = correct = 0

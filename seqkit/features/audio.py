@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Literal, Optional, Union
 
 import numpy as np
 import soundfile
@@ -17,9 +18,33 @@ import torchaudio
 from torch import Tensor, nn
 
 from ..errors import DataError, RecipeError
-from ..recipe import FeaturesConfig
 
-__all__ = ["AudioInput", "Fbank", "Normalizer", "SpecAugment", "VTLP", "as_waveform", "read_audio", "trim_silence"]
+__all__ = ["AudioInput", "Fbank", "FbankFeatures", "Normalizer", "SpecAugment", "VTLP", "as_waveform", "read_audio",
+           "trim_silence"]
+
+
+
+@dataclass
+class FbankFeatures:
+    """Options of the ``fbank`` front-end: log-mel filterbanks, SpecAugment and a convolutional
+    front-end that subsamples time (the CNN-LSTM of the literature)."""
+
+    sample_rate: int = 16000  # audio is read at any rate and resampled to this
+    n_mels: int = 80  # mel bins of 25 ms windows every 10 ms
+    normalize: Literal["utterance", "global", "none"] = "utterance"  # mean/variance per mel bin
+    freq_masks: int = 2  # SpecAugment (training only): masks per utterance across mel bins ...
+    freq_mask_width: int = 15  # ... each up to this many bins wide
+    time_masks: int = 2  # masks per utterance across time ...
+    time_mask_width: int = 40  # ... each up to this many 10 ms frames ...
+    time_mask_fraction: float = 0.15  # ... and up to this fraction of the utterance
+    vtlp: float = 0.0  # training only: warp each utterance's frequency axis by a factor in 1 +- vtlp
+    subsampling: int = 4  # time subsampling of the conv front-end: 1, 2, 4 (<= 2**conv_layers)
+    conv_layers: int = 2  # 3x3 conv layers, each halving the mel axis
+    conv_channels: int = 32
+    dropout: float = 0.0  # on the front-end's output
+    train_padding: Literal["mask", "repeat"] = "mask"  # repeat: pad training utterances with their last frame
+    trim_silence: Optional[float] = None  # training only: seconds of silence kept at either end; null: all
+
 
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]
 HOP_MS, WINDOW_MS = 10, 25
@@ -194,7 +219,7 @@ class SpecAugment(nn.Module):
         self.time_mask_fraction = time_mask_fraction
 
     @classmethod
-    def from_config(cls, cfg: FeaturesConfig) -> "SpecAugment":
+    def from_config(cls, cfg: FbankFeatures) -> "SpecAugment":
         return cls(cfg.freq_masks, cfg.freq_mask_width, cfg.time_masks, cfg.time_mask_width,
                    cfg.time_mask_fraction)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -15,9 +16,22 @@ from tokenizers import Tokenizer, models, trainers
 from torch import Tensor, nn
 
 from ..errors import SeqkitError
-from ..recipe import FeaturesConfig
 
-__all__ = ["TextVocab", "TokenEmbedder", "split_text"]
+__all__ = ["TextVocab", "TokenEmbedder", "TokenFeatures", "split_text"]
+
+
+@dataclass
+class TokenFeatures:
+    """Options of the ``tokens`` front-end: token (and character-bigram) embeddings."""
+
+    embedding_dim: int = 100
+    bigram_dim: int = 0  # embedding of each bigram t[i]t[i+1]; 0: none
+    min_freq: int = 1
+    bigram_min_freq: int = 2
+    max_vocab: int = 0  # keep only the most frequent tokens; 0: no cap
+    bigram_max_vocab: int = 0  # keep only the most frequent bigrams; 0: no cap
+    dropout: float = 0.0  # on the embeddings
+    lowercase: bool = False
 
 PAD, UNK = "[PAD]", "[UNK]"
 BOS, EOS = "<s>", "</s>"  # sentence edges for bigrams
@@ -71,7 +85,7 @@ class TextVocab:
     def build(
         cls,
         sentences: Sequence[tuple[list[str], list[str]]],
-        config: FeaturesConfig,
+        config: TokenFeatures,
         tokenize: str,
     ) -> "TextVocab":
         norm = _normaliser(config.lowercase)
@@ -142,7 +156,7 @@ class TokenEmbedder(nn.Module):
     Outputs: (N, L, E) with E = ``embedding_dim + bigram_dim``.
     """
 
-    def __init__(self, vocab: TextVocab, config: FeaturesConfig) -> None:
+    def __init__(self, vocab: TextVocab, config: TokenFeatures) -> None:
         super().__init__()
         self.tokens = nn.Embedding(vocab.tokens.get_vocab_size(), config.embedding_dim, padding_idx=PAD_ID)
         self.bigrams = None

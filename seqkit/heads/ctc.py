@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Optional, Sequence
+from typing import ClassVar, Literal, Optional, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -17,7 +18,7 @@ from torch.nn import functional as F
 
 from ..errors import SeqkitError
 
-__all__ = ["BLANK", "CTC", "CTCVocab", "error_rates"]
+__all__ = ["BLANK", "CTC", "CTCOptions", "CTCVocab", "error_rates"]
 
 BLANK = "<blank>"
 WORD = "|"  # the word separator of a character vocabulary (a space in the text)
@@ -105,6 +106,17 @@ class CTCVocab:
         return cls("chars", list(info["tokens"]))
 
 
+@dataclass
+class CTCOptions:
+    """Options of the ``ctc`` head."""
+
+    dropout: float = 0.0  # on the encoder output before scoring
+    vocab: Literal["chars", "bpe"] = "chars"  # output units: characters or BPE pieces
+    bpe_size: int = 256  # BPE vocabulary size (HF tokenizers, trained on the training text)
+    beam_size: int = 16  # beam width of the final report and `seqkit evaluate` (0: greedy only)
+    lexicon: Optional[str] = None  # word list (or "train": the training words); beam search outputs only these
+
+
 class CTC(nn.Module):
     """Connectionist temporal classification over characters or BPE pieces.
 
@@ -121,6 +133,7 @@ class CTC(nn.Module):
     """
 
     task: ClassVar[str] = "transcription"
+    Config: ClassVar[type] = CTCOptions
 
     def __init__(self, input_size: int, vocab: CTCVocab, *, dropout: float = 0.0,
                  lexicon: Optional[Sequence[str]] = None) -> None:

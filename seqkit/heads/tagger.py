@@ -5,7 +5,8 @@ Shape legend: N batch, L length, F encoder features, C tags.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -13,9 +14,18 @@ from torch.nn import functional as F
 from .crf import CRF
 from .scheme import allowed_transitions
 
-__all__ = ["IGNORE", "Tagger"]
+__all__ = ["IGNORE", "Tagger", "TaggerOptions"]
 
 IGNORE = -100  # tag id at padded positions
+
+
+@dataclass
+class TaggerOptions:
+    """Options of the ``tagger`` head."""
+
+    crf: bool = True  # a linear-chain CRF (else a softmax per position)
+    scheme: Literal["auto", "BIO", "BIOES"] = "auto"  # auto: detected from the training tags
+    dropout: float = 0.0  # on the encoder output before scoring
 
 
 class Tagger(nn.Module):
@@ -35,6 +45,7 @@ class Tagger(nn.Module):
     """
 
     task: ClassVar[str] = "tagging"
+    Config: ClassVar[type] = TaggerOptions
 
     def __init__(self, input_size: int, labels: list[str], *, crf: bool = True, scheme: str = "BIOES",
                  dropout: float = 0.0) -> None:

@@ -19,9 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
-from .. import registry
 from ..data.speech import SpeechCorpus, read_manifest
-from ..encoder import Encoder
 from ..errors import DataError, RecipeError, SeqkitError
 from ..features.audio import (
     HOP_MS,
@@ -37,9 +35,22 @@ from ..features.audio import (
 from ..features.frontend import ConvSubsampler
 from ..heads.ctc import CTCVocab, error_rates
 from ..recipe import Recipe
-from . import Prepared, epoch_order, length_groups, load_splits, recipe_base
+from ..tasks import (
+    ModelOutput,
+    Prepared,
+    Task,
+    build_encoder,
+    epoch_order,
+    head_class,
+    length_groups,
+    load_splits,
+    persist_vocab,
+    recipe_base,
+    resolve_path,
+    seed_everything,
+)
 
-__all__ = ["SpeechBatch", "SpeechModel", "build_model", "evaluate_data", "load_splits", "prepare"]
+__all__ = ["SpeechBatch", "SpeechModel", "TranscriptionTask"]
 
 
 @dataclass
@@ -136,9 +147,7 @@ class SpeechModel(nn.Module):
         self.augment = SpecAugment.from_config(f)
         self.frontend = ConvSubsampler(f.n_mels, enc.hidden_size, subsampling=f.subsampling,
                                        num_layers=f.conv_layers, channels=f.conv_channels, dropout=f.dropout)
-        self.encoder = Encoder(enc.hidden_size, enc.hidden_size, num_layers=enc.num_layers, cell=enc.cell,
-                               bidirectional=enc.bidirectional, dropout=enc.dropout, batch_first=True,
-                               engine=enc.engine)
+        self.encoder = build_encoder(recipe, enc.hidden_size)
         self.head = head_cls(self.encoder.output_size, vocab, dropout=recipe.head.dropout, lexicon=lexicon)
 
     @property
@@ -154,10 +163,11 @@ class SpeechModel(nn.Module):
         out, _ = self.encoder(x, lengths)
         return out, lengths
 
-    def loss(self, batch: SpeechBatch) -> Tensor:
+    def forward(self, batch: SpeechBatch, state: None = None) -> ModelOutput:
+        """The CTC loss of a batch, per target unit."""
         assert batch.targets is not None and batch.target_lengths is not None
         out, lengths = self.encode(batch)
-        return self.head.loss(out, lengths, batch.targets, batch.target_lengths)
+        return ModelOutput(self.head.loss(out, lengths, batch.targets, batch.target_lengths))
 
     def decode(self, batch: SpeechBatch, beam: int = 0) -> list[str]:
         return self.decode_beams(batch, [beam])[beam]
@@ -269,7 +279,7 @@ class SpeechModel(nn.Module):
                               time_s=spent * waves[i].numel() / total)
 
 
-# -- the task interface used by seqkit.build ------------------------------------------------
+# -- the task ---------------------------------------------------------------------------------
 
 
 def _features(model: SpeechModel, corpus: SpeechCorpus, log: Callable[[str], None],
@@ -316,10 +326,8 @@ def _lexicon(recipe: Recipe, vocab_dir: Optional[Path], train_texts: Sequence[st
             kept.write_text("".join(w + "\n" for w in words), encoding="utf-8")
         return words
     elif recipe.head.lexicon:
-        path = Path(recipe.head.lexicon).expanduser()
-        path = path if path.is_absolute() else recipe_base(recipe) / path
-        if not path.is_file():
-            raise RecipeError(f"{recipe.source}: head.lexicon: file not found: {path}")
+        path = resolve_path(recipe.head.lexicon, recipe_base(recipe), f"{recipe.source}: head.lexicon")
+        assert path is not None
         if kept is not None:
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, kept)
@@ -329,27 +337,20 @@ def _lexicon(recipe: Recipe, vocab_dir: Optional[Path], train_texts: Sequence[st
     return sorted(words)
 
 
-def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
+def _prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     """Data (features computed once, kept in memory), output units (kept in ``run_dir/vocab``),
     model and batches of a recipe; extra splits (flite, librivox) are evaluated at the end."""
     splits = load_splits(recipe)
     if not splits["train"].utterances:
         raise SeqkitError(f"{splits['train'].path}: no training utterances")
     vocab_dir = run_dir / "vocab" if run_dir is not None else None
-    if vocab_dir is not None and (vocab_dir / "units.json").exists():
-        vocab = CTCVocab.load(vocab_dir)
-    else:
-        vocab = CTCVocab.build([u.text for u in splits["train"].utterances], recipe.head.vocab, recipe.head.bpe_size)
-        if vocab_dir is not None:
-            vocab.save(vocab_dir)
-    head_cls = registry.heads.get(recipe.head.name, where=f"{recipe.source}: head.name")
-    torch.manual_seed(recipe.train.seed)
-    lexicon = _lexicon(recipe, vocab_dir, [u.text for u in splits["train"].utterances])
-    model = SpeechModel(recipe, vocab, head_cls, lexicon)
+    texts = [u.text for u in splits["train"].utterances]
+    vocab = persist_vocab(run_dir, "units.json", lambda: CTCVocab.build(texts, recipe.head.vocab, recipe.head.bpe_size),
+                          CTCVocab.load, CTCVocab.save)
+    seed_everything(recipe.train.seed)
+    lexicon = _lexicon(recipe, vocab_dir, texts)
+    model = SpeechModel(recipe, vocab, head_class(recipe), lexicon)
     trim = recipe.features.trim_silence
-    if trim is not None and not trim >= 0:
-        raise RecipeError(f"{recipe.source}: features.trim_silence: expected seconds of silence to keep, "
-                          f">= 0 (0.1 is typical), or null to keep it all; got {trim}")
     data = {name: _features(model, corpus, log, name) for name, corpus in splits.items() if corpus.utterances}
     feats, texts = data["train"]
     if not feats:
@@ -403,14 +404,51 @@ def _report(model: SpeechModel, test: Optional[Batches], extras: dict[str, Batch
     return out
 
 
-def build_model(recipe: Recipe, run_dir: Path) -> SpeechModel:
-    """An untrained model shaped like the one in ``run_dir`` (units and lexicon read from it)."""
-    vocab = CTCVocab.load(run_dir / "vocab")
-    head_cls = registry.heads.get(recipe.head.name, where=f"{run_dir / 'recipe.yaml'}: head.name")
-    return SpeechModel(recipe, vocab, head_cls, _lexicon(recipe, run_dir / "vocab"))
+class TranscriptionTask(Task):
+    """Speech to text with CTC: CER and WER in percent, greedy and beam search.
+
+    A loaded model offers ``transcribe(audio)``; ``seqkit transcribe RUN FILE...`` prints text."""
+
+    default_head = "ctc"
+    default_dataset = "synth-speech"
+    default_features = "fbank"
+    monitor, mode = "cer", "min"
+    summary = ("cer", "wer", "cer_beam", "wer_beam")
+
+    def check(self, recipe: Recipe) -> None:
+        trim = getattr(recipe.features, "trim_silence", None)
+        if trim is not None and not trim >= 0:
+            raise RecipeError(f"{recipe.source}: features.trim_silence: expected seconds of silence to keep, "
+                              f">= 0 (0.1 is typical), or null to keep it all; got {trim}")
+
+    def prepare(self, recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
+        self.check(recipe)
+        return _prepare(recipe, run_dir, log=log)
+
+    def build_model(self, recipe: Recipe, run_dir: Path) -> SpeechModel:
+        vocab = CTCVocab.load(run_dir / "vocab")
+        return SpeechModel(recipe, vocab, head_class(recipe), _lexicon(recipe, run_dir / "vocab"))
+
+    def evaluate_data(self, model: nn.Module, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
+        assert isinstance(model, SpeechModel)
+        return _evaluate_data(model, data, batch_size=batch_size)
+
+    def format_metrics(self, metrics: dict[str, Any]) -> str:
+        beam = metrics.get("beam_size")
+        lines = [f"{'':<6}{'greedy':>10}" + (f"{f'beam {beam}':>10}" if beam else "")]
+        for key in ("cer", "wer"):
+            lines.append(f"{key:<6}{metrics[key]:>10.2f}" + (f"{metrics[key + '_beam']:>10.2f}" if beam else ""))
+        return "\n".join(lines)
+
+    def format_notes(self, metrics: dict[str, Any]) -> list[str]:
+        notes = []
+        if "utterances" in metrics and "data" in metrics:
+            notes.append(f"{metrics['utterances']} utterances ({metrics.get('audio_s', '?')} s of audio) "
+                         f"from {metrics['data']}")
+        return notes + [f"left out: {error}" for error in metrics.get("unreadable", [])]
 
 
-def evaluate_data(model: SpeechModel, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
+def _evaluate_data(model: SpeechModel, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
     """CER/WER (greedy, and beam search when the recipe sets head.beam_size) on a JSONL
     manifest, or on the recipe's test split.  Unreadable files are listed and left out."""
     corpus = read_manifest(data) if data is not None else load_splits(model.recipe, ["test"])["test"]

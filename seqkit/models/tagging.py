@@ -13,18 +13,27 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from .. import registry
 from ..data.conll import read_conll
-from ..encoder import Encoder
 from ..errors import SeqkitError
 from ..features.text import PAD_ID, TextVocab, TokenEmbedder, split_text
 from ..heads.scheme import detect_scheme
 from ..heads.tagger import IGNORE
 from ..metrics.spans import span_scores, spans
 from ..recipe import Recipe
-from . import Prepared, epoch_order, length_groups, load_splits
+from ..tasks import (
+    ModelOutput,
+    Prepared,
+    Task,
+    build_encoder,
+    epoch_order,
+    head_class,
+    length_groups,
+    load_splits,
+    persist_vocab,
+    seed_everything,
+)
 
-__all__ = ["TagBatch", "TaggingModel", "build_model", "evaluate_data", "make_batches", "normalise_tags", "prepare"]
+__all__ = ["TagBatch", "TaggingModel", "TaggingTask", "make_batches", "normalise_tags"]
 
 
 @dataclass
@@ -102,15 +111,11 @@ class TaggingModel(nn.Module):
 
     def __init__(self, recipe: Recipe, vocab: TextVocab, head_cls: Any, scheme: str) -> None:
         super().__init__()
-        enc = recipe.encoder
         self.recipe = recipe
         self.vocab = vocab
         self.scheme = scheme
         self.embed = TokenEmbedder(vocab, recipe.features)
-        self.encoder = Encoder(
-            self.embed.output_size, enc.hidden_size, num_layers=enc.num_layers, cell=enc.cell,
-            bidirectional=enc.bidirectional, dropout=enc.dropout, batch_first=True, engine=enc.engine,
-        )
+        self.encoder = build_encoder(recipe, self.embed.output_size)
         self.head = head_cls(self.encoder.output_size, vocab.labels, crf=recipe.head.crf, scheme=scheme,
                              dropout=recipe.head.dropout)
 
@@ -119,8 +124,17 @@ class TaggingModel(nn.Module):
         out, _ = self.encoder(x, batch.lengths)  # (N, L, D*H)
         return out
 
-    def loss(self, batch: TagBatch) -> Tensor:
-        return self.head.loss(self.features(batch), batch.lengths.to(batch.tokens.device), batch.tags)
+    def forward(self, batch: TagBatch, state: None = None) -> ModelOutput:
+        """The mean training loss of a batch (per token; CRF negative log-likelihood or cross-entropy)."""
+        return ModelOutput(self.head.loss(self.features(batch), batch.lengths.to(batch.tokens.device), batch.tags))
+
+    def embedding_tokens(self) -> tuple[nn.Embedding, list[str]]:
+        """The token embedding and its vocabulary (for ``encoder.init_from``)."""
+        vocab = self.vocab.tokens.get_vocab()
+        tokens = [""] * len(vocab)
+        for token, i in vocab.items():
+            tokens[i] = token
+        return self.embed.tokens, tokens
 
     def predict(self, batch: TagBatch) -> list[list[str]]:
         paths = self.head.decode(self.features(batch), batch.lengths.to(batch.tokens.device))
@@ -194,7 +208,7 @@ def _tokens_with_offsets(text: str, tokenize: str) -> tuple[list[str], list[tupl
     return toks, offs
 
 
-# -- the task interface used by seqkit.build ------------------------------------------------
+# -- the task ---------------------------------------------------------------------------------
 
 
 def _scheme(recipe: Recipe, tags: Iterable[str]) -> str:
@@ -216,7 +230,7 @@ def _chunk(sentences, max_length: int):
     return out
 
 
-def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
+def _prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     """Data, vocabulary (built once, kept in ``run_dir/vocab``), model and batches of a recipe."""
     splits = load_splits(recipe)
     train = splits["train"].sentences
@@ -227,13 +241,8 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     repaired = sum(1 for (_, a), (_, b) in zip(train, fixed) if a != b)
     if recipe.train.max_length > 0:
         fixed = _chunk(fixed, recipe.train.max_length)
-    vocab_dir = run_dir / "vocab" if run_dir is not None else None
-    if vocab_dir is not None and (vocab_dir / "vocab.json").exists():
-        vocab = TextVocab.load(vocab_dir)
-    else:
-        vocab = TextVocab.build(fixed, recipe.features, recipe.data.tokenize)
-        if vocab_dir is not None:
-            vocab.save(vocab_dir)
+    vocab = persist_vocab(run_dir, "vocab.json", lambda: TextVocab.build(fixed, recipe.features, recipe.data.tokenize),
+                          TextVocab.load, TextVocab.save)
     log(
         f"data: {len(fixed)} train / {len(splits['valid'].sentences)} valid / "
         f"{len(splits['test'].sentences)} test sentences; scheme {scheme}; "
@@ -242,9 +251,8 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
         + f"; {len(vocab.labels)} tags; {repaired} ill-formed tag sequences repaired; "
         f"{splits['train'].skipped_empty} empty sentences skipped"
     )
-    head_cls = registry.heads.get(recipe.head.name, where=f"{recipe.source}: head.name")
-    torch.manual_seed(recipe.train.seed)
-    model = TaggingModel(recipe, vocab, head_cls, scheme)
+    seed_everything(recipe.train.seed)
+    model = TaggingModel(recipe, vocab, head_class(recipe), scheme)
     cfg = recipe.train
     ids, big, tags = model.encode_corpus(fixed, f"{splits['train'].path}: ")
     held = {}
@@ -260,14 +268,49 @@ def prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     )
 
 
-def build_model(recipe: Recipe, run_dir: Path) -> TaggingModel:
-    """An untrained model shaped like the one in ``run_dir`` (vocabulary read from the run)."""
-    vocab = TextVocab.load(run_dir / "vocab")
-    head_cls = registry.heads.get(recipe.head.name, where=f"{run_dir / 'recipe.yaml'}: head.name")
-    return TaggingModel(recipe, vocab, head_cls, _scheme(recipe, vocab.labels))
+class TaggingTask(Task):
+    """Sequence tagging (named entities): span precision, recall and F1 per entity type.
+
+    A loaded model offers ``tag(texts)``; ``seqkit tag RUN TEXT...`` prints entities."""
+
+    default_head = "tagger"
+    default_dataset = "conll"
+    default_features = "tokens"
+    monitor, mode = "f1", "max"
+    summary = ("f1", "precision", "recall")
+
+    def check(self, recipe: Recipe) -> None:
+        if recipe.features.kind != "tokens":
+            raise SeqkitError(f"{recipe.source}: features.kind: tagging reads text; use tokens "
+                              f"(got {recipe.features.kind!r})")
+
+    def prepare(self, recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
+        return _prepare(recipe, run_dir, log=log)
+
+    def build_model(self, recipe: Recipe, run_dir: Path) -> TaggingModel:
+        vocab = TextVocab.load(run_dir / "vocab")
+        return TaggingModel(recipe, vocab, head_class(recipe), _scheme(recipe, vocab.labels))
+
+    def evaluate_data(self, model: nn.Module, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
+        assert isinstance(model, TaggingModel)
+        return _evaluate_data(model, data, batch_size=batch_size)
+
+    def format_metrics(self, metrics: dict[str, Any]) -> str:
+        if "per_type" not in metrics:
+            return super().format_metrics(metrics)
+        lines = [f"{'type':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
+        for kind, row in sorted(metrics["per_type"].items()):
+            lines.append(f"{kind:<10}{row['precision']:>10.2f}{row['recall']:>10.2f}{row['f1']:>10.2f}"
+                         f"{row['support']:>9}")
+        lines.append(f"{'micro':<10}{metrics['precision']:>10.2f}{metrics['recall']:>10.2f}{metrics['f1']:>10.2f}"
+                     f"{metrics.get('gold_spans', ''):>9}")
+        return "\n".join(lines)
+
+    def format_notes(self, metrics: dict[str, Any]) -> list[str]:
+        return [f"{metrics['sentences']} sentences from {metrics['data']}"] if "sentences" in metrics else []
 
 
-def evaluate_data(model: TaggingModel, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
+def _evaluate_data(model: TaggingModel, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
     """Span metrics on a CoNLL file, or on the recipe's test split; gold tags unseen in training count."""
     corpus = read_conll(data) if data is not None else load_splits(model.recipe, ["test"])["test"]
     if not corpus.sentences:

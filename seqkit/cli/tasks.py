@@ -1,0 +1,135 @@
+"""The built-in tasks' own commands: ``seqkit tag``, ``seqkit transcribe`` and ``seqkit generate``.
+
+They are added to the command line by ``seqkit/default_plugins/tasks.py`` through
+``register_commands``, as a plugin's commands are.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import SeqkitError
+from ..tasks import not_a
+
+__all__ = ["generate_cmd", "tag_cmd", "transcribe_cmd"]
+
+
+@click.command("tag")
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_file", type=click.File("r", encoding="utf-8"),
+              help="Read one text per line from a file ('-' for stdin).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per text.")
+@click.option("--batch-size", default=64, show_default=True)
+def tag_cmd(run: Path, texts: tuple[str, ...], input_file, as_json: bool, batch_size: int) -> None:
+    """Tag TEXTS with the model in RUN: entities with types and character offsets."""
+    from .. import load
+
+    lines = list(texts)
+    if input_file is not None:
+        try:
+            lines += [line.rstrip("\n") for line in input_file]
+        except UnicodeDecodeError as exc:
+            raise SeqkitError(f"{input_file.name}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from None
+    if not lines:
+        raise SeqkitError("nothing to tag: give texts as arguments or --input FILE")
+    model = load(run)
+    if not hasattr(model, "tag"):
+        raise not_a(model, "tag text", run)
+    for text, result in zip(lines, model.tag(lines, batch_size=batch_size)):
+        if as_json:
+            click.echo(json.dumps({"text": text, **result}, ensure_ascii=False))
+            continue
+        click.echo(text)
+        for ent in result["entities"]:
+            click.echo(f"  {ent['type']}\t{ent['start']}-{ent['end']}\t{ent['text']}")
+
+
+class _SomeFailed(SeqkitError):
+    """Some files could not be transcribed (each was reported); the rest were."""
+
+    exit_code = 1
+
+
+@click.command("transcribe")
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--beam", default=0, show_default=True, help="Beam width of the CTC beam search (0: greedy).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
+@click.option("--batch-size", default=8, show_default=True, help="Files per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N], mps or auto.")
+def transcribe_cmd(run: Path, files: tuple[Path, ...], beam: int, as_json: bool, batch_size: int,
+                   device: str) -> None:
+    """Transcribe audio FILES (WAV/FLAC/OGG, any sample rate) with the model in RUN.
+
+    Prints one line per file: path, seconds of audio, seconds taken (features, network and
+    decoding) and the text.  Unreadable files are reported on stderr and the rest carry on;
+    the exit status is 1 if any file failed.
+    """
+    from .. import load
+
+    if not files:
+        raise SeqkitError("nothing to transcribe: give audio files after the run folder")
+    model = load(run, device=device)
+    if not hasattr(model, "transcribe"):
+        raise not_a(model, "transcribe speech", run)
+    started = time.perf_counter()
+    results = model.transcribe([str(f) for f in files], beam=beam, batch_size=batch_size, errors="skip")
+    wall = time.perf_counter() - started
+    failed = 0
+    for result in results:
+        if result["text"] is None:
+            failed += 1
+            click.echo(f"error: {result['error']}", err=True)
+            if as_json:
+                click.echo(json.dumps(result, ensure_ascii=False))
+            continue
+        if as_json:
+            click.echo(json.dumps(result, ensure_ascii=False))
+        else:
+            click.echo(f"{result['audio']}\t{result['duration_s']:.2f}s\t{result['time_s']:.3f}s\t{result['text']}")
+    audio = sum(r["duration_s"] for r in results)
+    done = len(results) - failed
+    rtf = f"; real-time factor {wall / audio:.3f}" if audio > 0 else ""
+    print(f"{done} file(s), {audio:.1f} s of audio in {wall:.2f} s{rtf}"
+          + (f"; {failed} could not be read" if failed else ""), file=sys.stderr)
+    if failed:
+        raise _SomeFailed(f"{failed} of {len(results)} file(s) could not be transcribed (see above)")
+
+
+@click.command("generate")
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--prompt", default="", help="Text to continue (default: start a new line).")
+@click.option("--max-tokens", default=100, show_default=True, help="Tokens to sample.")
+@click.option("--temperature", default=1.0, show_default=True, help="Softmax temperature (0: always the most likely).")
+@click.option("--top-k", default=0, show_default=True, help="Sample among the k most likely tokens (0: all).")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus: the smallest set of probability p (1: all).")
+@click.option("--seed", type=int, default=None, help="Same seed, same text (default: a random seed).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N], mps or auto.")
+def generate_cmd(run: Path, prompt: str, max_tokens: int, temperature: float, top_k: int, top_p: float,
+                 seed: int | None, device: str) -> None:
+    """Stream text sampled from the language model in RUN to stdout, token by token.
+
+    The prompt is printed first; the rate (tokens/s) goes to stderr at the end."""
+    from .. import load
+
+    model = load(run, device=device)
+    if not hasattr(model, "generate_tokens"):
+        raise not_a(model, "generate text", run)
+    tokens = model.generate_tokens(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, seed=seed)
+    started = time.perf_counter()
+    click.echo(prompt, nl=False)
+    count = 0
+    for text in tokens:  # errors (a bi-LM, bad settings) surface at the first token
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+        count += 1
+    click.echo("")
+    wall = time.perf_counter() - started
+    print(f"{count} tokens in {wall:.2f} s ({count / max(wall, 1e-9):.0f} tokens/s)", file=sys.stderr)
