@@ -135,3 +135,30 @@ def test_init_from_copies_the_encoder_and_shared_embeddings(corpus, tmp_path):
                                        log=lambda m: None).model
     with pytest.raises(SeqkitError, match="its encoder does not fit this recipe's"):
         init_from_run(wide, tmp_path / "pre")
+
+
+def test_a_split_lm_pretrains_a_taggers_encoder(corpus, tmp_path):
+    """Pretrain with the LM head, fine-tune with another: a tagger starts from a bi-LM's encoder
+    and from its embeddings of the words both vocabularies know."""
+    from seqkit.models.tagging import TaggingTask
+
+    conll = Path(__file__).resolve().parents[1] / "recipes" / "ner" / "example" / "train.conll"
+    text = tmp_path / "text.txt"
+    sentences = conll.read_text(encoding="utf-8").split("\n\n")
+    text.write_text("\n".join(" ".join(line.split()[0] for line in s.splitlines() if line.strip())
+                              for s in sentences if s.strip()) + "\n", encoding="utf-8")
+    lm = _recipe(corpus, tmp_path, f"data.train={text}", f"data.valid={text}", f"data.test={text}",
+                 "encoder.directions=split", "train.epochs=1")
+    run_recipe(lm, tmp_path / "bilm", progress=False, log=lambda m: None)
+    source = seqkit.load(tmp_path / "bilm")
+    tagging = Recipe.load(Path(__file__).resolve().parents[1] / "recipes" / "ner" / "conll.yaml",
+                          ["device=cpu", "features.embedding_dim=16", "encoder.directions=split",
+                           "encoder.num_layers=2", "encoder.hidden_size=24", f"encoder.init_from={tmp_path / 'bilm'}"])
+    tagger = TaggingTask().prepare(tagging, None, log=lambda m: None).model
+    init_from_run(tagger, tmp_path / "bilm", log=lambda m: None)
+    assert torch.equal(tagger.encoder.cells["l1_reverse"].weight_ih, source.encoder.cells["l1_reverse"].weight_ih)
+    embedding, tokens = tagger.embedding_tokens()
+    shared = [t for t in tokens if t in source.vocab.stoi]
+    assert len(shared) > 50
+    for token in shared[:20]:
+        assert torch.equal(embedding.weight[tokens.index(token)], source.embed.weight[source.vocab.stoi[token]])
