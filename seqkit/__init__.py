@@ -1,7 +1,8 @@
 """seqkit: recurrent sequence models on one shared stacked bidirectional encoder.
 
 Public names: ``Cell`` (the recurrent cell contract), ``Encoder`` (the shared encoder),
-``hookimpl`` (the plugin marker), ``Recipe`` (typed recipes), ``load`` (a trained model
+``hookimpl`` (the plugin marker), ``Recipe`` (typed recipes), ``bounded`` (an option with a
+range, for a component's ``Config``), ``load`` (a trained model
 from a run folder), ``Task`` and ``ModelOutput`` (the task contract; helpers in ``seqkit.tasks``)
 and the errors a user can cause (``SeqkitError``, ``RecipeError``, ``DataError``).
 """
@@ -14,7 +15,7 @@ from . import tasks  # noqa: E402
 from .cells import Cell  # noqa: E402
 from .encoder import Encoder  # noqa: E402
 from .errors import DataError, RecipeError, SeqkitError  # noqa: E402
-from .recipe import Recipe  # noqa: E402
+from .recipe import Recipe, bounded  # noqa: E402
 from .tasks import ModelOutput, Task  # noqa: E402
 
 
@@ -32,4 +33,4 @@ def load(run_dir, *, device: str = "cpu", checkpoint: str = "best"):
 
 
 __all__ = ["Cell", "DataError", "Encoder", "ModelOutput", "Recipe", "RecipeError", "SeqkitError", "Task",
-           "__version__", "hookimpl", "load", "tasks"]
+           "__version__", "bounded", "hookimpl", "load", "tasks"]

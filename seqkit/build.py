@@ -3,8 +3,12 @@ onto a ready-to-use model (``seqkit.load``)."""
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import os
 import resource
+import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,15 +20,19 @@ from torch import nn
 from . import registry
 from .checkpoint import load_checkpoint
 from .errors import RecipeError, SeqkitError
-from .recipe import Recipe
-from .tasks import Task, get_task, recipe_base, write_json
+from .recipe import Recipe, parse_overrides
+from .tasks import Task, get_task, read_regular_file, recipe_base, write_json, write_text_atomic
 from .train import Trainer, check_train_config, reuse_freed_memory
 
-__all__ = ["check_recipe", "evaluate_run", "load", "resolve_device", "run_recipe"]
+__all__ = ["check_recipe", "evaluate_run", "load", "resolve_device", "resume_recipe", "run_folder_lock", "run_recipe"]
 
 RECIPE_FILE = "recipe.yaml"
-# keys a resumed run may change: how long to train, not what is trained
-_RESUMABLE_CHANGES = {"epochs", "max_steps", "patience"}
+LOCK_FILE = ".lock"
+# what `recipe run` writes into a run folder (a fresh run may clear these when no checkpoint exists)
+_RUN_ITEMS = (RECIPE_FILE, "vocab", "checkpoints", "metrics.jsonl", "metrics.json")
+# train keys a resumed run may change: how long to train and how to run it, not what is trained
+_RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "threads", "log_every", "checkpoint_every", "eval_batch_size"}
+_HOW_LONG = ("epochs", "max_steps", "patience")
 
 
 class Interrupted(SeqkitError):
@@ -82,8 +90,9 @@ def check_recipe(recipe: Recipe) -> Task:
     except SeqkitError as exc:
         raise RecipeError(f"{src}: {exc}") from None
     check = getattr(provider, "check", None)
-    if check is not None:  # e.g. system programs the dataset needs
-        check(recipe.data)
+    if check is not None:  # e.g. system programs or files the dataset needs
+        takes_base = "base" in inspect.signature(check).parameters
+        check(recipe.data, **({"base": recipe_base(recipe)} if takes_base else {}))
     task.check(recipe)
     return task
 
@@ -112,7 +121,7 @@ def _check_resume(recipe: Recipe, run_dir: Path) -> None:
     saved = Recipe.load(run_dir / RECIPE_FILE, saved=True).to_dict()
     for section, values in recipe.to_dict().items():
         if not isinstance(values, dict):
-            if saved.get(section) != values:
+            if saved.get(section) != values and section not in ("device", "description"):
                 raise RecipeError(f"{recipe.source}: {section}: is {values!r} but the run in {run_dir} used "
                                   f"{saved.get(section)!r}; resume with the same recipe or choose another --out")
             continue
@@ -124,27 +133,118 @@ def _check_resume(recipe: Recipe, run_dir: Path) -> None:
                 )
 
 
+def resume_recipe(recipe: Recipe, run_dir: Path, overrides: tuple[str, ...] | list[str] = (), *,
+                  log=None) -> Recipe:
+    """The recipe a ``--resume`` continues with: the run's own resolved ``recipe.yaml`` plus this
+    command's ``--set`` overrides and device. ``recipe`` (the file given on the command line, with
+    the overrides) must describe the same training (only how long to train, the device, threads
+    and logging may change); where it differs in how long to train and no ``--set`` says so, the
+    run's own value is kept, with a note."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    _absolute_paths(recipe)
+    _check_resume(recipe, run_dir)  # what is trained may not change
+    resumed = Recipe.load(run_dir / RECIPE_FILE, [*overrides, f"device={recipe.device}"], saved=True)
+    given = {".".join(keys) for keys, _ in parse_overrides(overrides)}
+    for key in _HOW_LONG:
+        mine, theirs = getattr(recipe.train, key), getattr(resumed.train, key)
+        if mine != theirs and f"train.{key}" not in given:
+            log(f"note: train.{key}: the run in {run_dir} uses {theirs!r} (its recipe.yaml), not {recipe.source}'s "
+                f"{mine!r}; add --set train.{key}={mine} to change it")
+    resumed.source = recipe.source
+    return resumed
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: Path):
+    """Hold an OS lock on ``out`` (released when the process ends, however it ends), or refuse at
+    once when another process holds it."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_FILE
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    try:
+        handle = open(path, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise SeqkitError(f"{out}: cannot write in the run folder ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise SeqkitError(f"{out}: in use by another seqkit run ({holder}); wait for it to finish or "
+                              "choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
+
+
+def _prepare_folder(out: Path, *, resume: bool, log) -> bool:
+    """Check what ``out`` holds against what was asked; returns whether training resumes.
+    Never deletes a trained model: only a run that never saved a checkpoint is cleared."""
+    ckpts = out / "checkpoints"
+    saved = sorted(p.name for p in ckpts.glob("*.safetensors")) if ckpts.is_dir() else []
+    has_run = (out / RECIPE_FILE).exists()
+    if resume:
+        if (ckpts / "last.safetensors").exists():
+            return True
+        if saved:
+            raise SeqkitError(f"{out}: no checkpoints/last.safetensors to resume from (it has {', '.join(saved)}, "
+                              "which are kept); copy the run folder elsewhere to keep its model, or train into "
+                              "another --out")
+        log(f"note: no checkpoint to resume from in {out}; starting a fresh run")
+    elif saved:
+        raise SeqkitError(f"{out} already holds a run; add --resume to continue it or choose another --out")
+    others = sorted(p.name for p in out.iterdir() if p.name not in _RUN_ITEMS and p.name != LOCK_FILE
+                    and not p.name.startswith(".")) if out.is_dir() else []
+    if others and not has_run:
+        raise SeqkitError(f"{out}: not empty and not a seqkit run folder (it holds {', '.join(others[:3])}"
+                          f"{', ...' if len(others) > 3 else ''}); choose a new or empty --out")
+    if has_run:  # a run that stopped before its first checkpoint: nothing trained to lose
+        if not resume:
+            log(f"note: {out} holds a run that never saved a checkpoint; starting it afresh")
+        for name in _RUN_ITEMS:
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    return False
+
+
 def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: bool = True,
                log=None) -> dict[str, Any]:
-    """Train and test a recipe in run folder ``out``; returns the final metrics."""
+    """Train and test a recipe in run folder ``out``; returns the final metrics. The folder is
+    locked while this runs; ``resume`` continues its last checkpoint (see ``resume_recipe`` for
+    the recipe it should continue with)."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     _absolute_paths(recipe)
     task = check_recipe(recipe)
     device = resolve_device(recipe.device, where=f"{recipe.source}: device")
+    with run_folder_lock(out):
+        resume = _prepare_folder(out, resume=resume, log=log)
+        if resume:
+            _check_resume(recipe, out)
+        return _run(recipe, task, device, out, resume=resume, progress=progress, log=log)
+
+
+def _run(recipe: Recipe, task: Task, device: torch.device, out: Path, *, resume: bool, progress: bool,
+         log) -> dict[str, Any]:
     started = time.perf_counter()
-    ckpts = out / "checkpoints"
-    if ckpts.is_dir() and any(ckpts.iterdir()) and not resume:
-        raise SeqkitError(f"{out} already holds a run; add --resume to continue it or choose another --out")
-    if resume and (out / RECIPE_FILE).exists():
-        _check_resume(recipe, out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
+    write_text_atomic(out / RECIPE_FILE, recipe.to_yaml())
     if recipe.train.threads > 0:
         torch.set_num_threads(recipe.train.threads)
     reuse_freed_memory()
     prepared = task.prepare(recipe, out, log=log)
     model = prepared.model
-    if recipe.encoder.init_from and not (resume and (out / "checkpoints" / "last.safetensors").exists()):
+    if recipe.encoder.init_from and not resume:
         init_from_run(model, Path(recipe.encoder.init_from), log=log)
     model = model.to(device)
     trainer = Trainer(
@@ -154,7 +254,10 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: boo
     )
     summary = trainer.fit(resume=resume)
     if summary.get("stopped") == "interrupted":
-        raise Interrupted(f"interrupted; continue with: seqkit recipe run {recipe.source} --out {out} --resume")
+        stopped = Interrupted(f"interrupted; continue with: seqkit recipe run {recipe.source} --out {out} --resume")
+        if trainer.stop_signal == signal.SIGTERM:
+            stopped.exit_code = 143
+        raise stopped
     metrics: dict[str, Any] = {}
     if prepared.final_eval is not None:
         trainer.restore("best")
@@ -178,14 +281,21 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = "
 
 
 def _load(run: Path, *, device: str = "cpu", checkpoint: str = "best") -> tuple[nn.Module, Task]:
+    if checkpoint not in ("best", "last"):
+        raise SeqkitError(f"checkpoint: expected 'best' or 'last', got {checkpoint!r}")
+    if not run.is_dir():
+        raise SeqkitError(f"{run}: no such run folder; train one with `seqkit recipe run`")
     if not (run / RECIPE_FILE).exists():
         raise SeqkitError(f"{run}: not a seqkit run folder (no {RECIPE_FILE}); train one with `seqkit recipe run`")
+    read_regular_file(run / RECIPE_FILE, "recipe")  # a FIFO or a directory there: one error, not a hang
     recipe = Recipe.load(run / RECIPE_FILE, saved=True)
     ckpt = run / "checkpoints" / f"{checkpoint}.safetensors"
-    if not ckpt.exists():
+    if not ckpt.exists() and checkpoint == "best":  # a run stopped before its first validation
         ckpt = run / "checkpoints" / "last.safetensors"
     if not ckpt.exists():
-        raise SeqkitError(f"{run}: no checkpoint in {run / 'checkpoints'}; the run has not saved one yet")
+        raise SeqkitError(f"{run}: no {checkpoint} checkpoint in {run / 'checkpoints'}; the run has not saved one yet")
+    if not ckpt.is_file():
+        raise SeqkitError(f"{ckpt}: not a regular file")
     task = get_task(recipe)
     model = task.build_model(recipe, run)
     load_checkpoint(ckpt, model)

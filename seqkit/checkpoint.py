@@ -16,6 +16,7 @@ downloaded from elsewhere cannot run anything.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -56,7 +57,7 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         optim_info = _flatten_optimizer(optimizer.state_dict(), tensors)
     rng = _capture_rng(tensors)
     payload = {"format": FORMAT, "version": VERSION, "meta": meta,
-               "optimizer": optim_info, "rng": rng}
+               "optimizer": optim_info, "rng": rng, "checksum": _checksum(tensors)}
     header = json.dumps(payload)
 
     def write_tensors(tmp: Path) -> None:
@@ -83,13 +84,13 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if optimizer is not None:
         if payload.get("optimizer") is None:
             raise SeqkitError(f"{path}: checkpoint has no optimizer state, so training cannot "
-                              "resume from it; train again without --resume")
+                              "resume from it; train into another --out")
         state = _unflatten_optimizer(payload["optimizer"], tensors, optimizer)
         try:
             optimizer.load_state_dict(state)
         except (ValueError, KeyError, RuntimeError) as exc:
             raise SeqkitError(f"{path}: optimizer state does not match the model ({exc}); "
-                              "train again without --resume") from None
+                              "train into another --out") from None
     if restore_rng:
         _restore_rng(payload.get("rng") or {}, tensors)
     return payload["meta"]
@@ -197,6 +198,18 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """BLAKE2b of every tensor's name, dtype, shape and bytes, in name order: a flipped bit in
+    the file is caught when it is loaded."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
 # --- reading ---------------------------------------------------------------------------------
 
 
@@ -214,10 +227,14 @@ def _read(path: Path, *, with_tensors: bool) -> tuple[dict, dict[str, torch.Tens
             tensors = {}
             if with_tensors:
                 tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+                expected = payload.get("checksum")  # checkpoints written before it had none
+                if expected is not None and _checksum(tensors) != expected:
+                    raise ValueError("its tensors do not match their checksum: the file is damaged")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         reason = str(exc).strip() or type(exc).__name__
         raise SeqkitError(f"{path}: checkpoint is unreadable ({reason}); "
-                          "delete it or train again without --resume") from None
+                          "it is left as it is; train into another --out, "
+                          "or move it aside to resume from the other checkpoint") from None
     if payload.get("version", 0) > VERSION:
         raise SeqkitError(f"{path}: checkpoint format version {payload['version']} is newer "
                           f"than this seqkit understands ({VERSION}); upgrade seqkit")

@@ -1,14 +1,16 @@
 """The plugin manager: built-in plugins plus those found through the ``seqkit`` entry points.
 
-A plugin that fails to import is reported with one warning and skipped; two plugins
-registering the same name is an error naming both.
+A broken plugin never takes the rest down. One that fails to import, or whose hook raises or
+registers something malformed, is reported once by name (a ``PluginLoadWarning``) and disabled;
+everything else keeps working. When two plugins register the same name, the built-in (or else the
+one loaded first) wins and the clash is reported. ``problems()`` lists what went wrong, and
+``seqkit plugins`` prints it and exits non-zero.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import inspect
 import os
 import sys
 import warnings
@@ -18,10 +20,10 @@ from typing import Any, Optional
 import pluggy
 
 from . import hookspecs, registry
-from .errors import SeqkitError
 from .registry import Entry
 
-__all__ = ["DEFAULT_PLUGINS", "PluginInfo", "get_plugin_manager", "plugin_info", "reset"]
+__all__ = ["DEFAULT_PLUGINS", "PluginInfo", "PluginLoadWarning", "get_plugin_manager", "plugin_info", "problems",
+           "report_problem", "reset"]
 
 ENTRY_POINT_GROUP = "seqkit"
 DEFAULT_PLUGINS = (
@@ -37,6 +39,9 @@ HOOK_KINDS = {"register_cells": "cell", "register_heads": "head", "register_data
 _INFO_FIELD = {"cell": "cells", "head": "heads", "dataset": "datasets", "features": "features", "task": "tasks"}
 
 _pm: Optional[pluggy.PluginManager] = None
+# plugin name -> what is wrong with it, for the current manager (reported once each)
+_problems: dict[str, list[str]] = {}
+_labels: dict[str, str] = {}  # plugin name -> "name (distribution version)"
 
 
 class PluginLoadWarning(UserWarning):
@@ -57,6 +62,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 
 def _make_manager(*, load_entry_points: bool) -> pluggy.PluginManager:
+    _problems.clear()
+    _labels.clear()
     pm = pluggy.PluginManager("seqkit")
     pm.add_hookspecs(hookspecs)
     for name in DEFAULT_PLUGINS:
@@ -70,21 +77,55 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
             continue
+        dist = getattr(ep, "dist", None)
+        _labels[ep.name] = f"{ep.name} ({dist.name} {dist.version})" if dist else ep.name
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
         except Exception as exc:  # a broken plugin must not take seqkit down
-            dist = getattr(ep, "dist", None)
-            label = f"{ep.name} ({dist.name} {dist.version})" if dist else ep.name
-            warnings.warn(
-                f"seqkit plugin {label} failed to load and is skipped: "
-                f"{type(exc).__name__}: {exc}",
-                PluginLoadWarning,
-                stacklevel=2,
-            )
+            report_problem(ep.name, f"failed to load and is skipped: {_describe(exc)}")
             continue
-        if dist := getattr(ep, "dist", None):
+        if dist:
             pm._plugin_distinfo.append((plugin, dist))  # noqa: SLF001 (as pluggy does itself)
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def label(plugin: str) -> str:
+    """``name (distribution version)`` for an installed plugin, else its name."""
+    return _labels.get(plugin, plugin)
+
+
+def report_problem(plugin: str, what: str) -> None:
+    """Record that ``plugin`` is broken (``what``: the rest of the sentence) and warn once."""
+    seen = _problems.setdefault(plugin, [])
+    if what in seen:
+        return
+    seen.append(what)
+    warnings.warn(f"seqkit plugin {label(plugin)} {what}", PluginLoadWarning, stacklevel=2)
+
+
+def problems() -> dict[str, list[str]]:
+    """Plugin name -> what went wrong with it, after every hook has been asked (``seqkit plugins``)."""
+    for table in registry.ALL:
+        table.entries()
+    return {name: list(what) for name, what in _problems.items()}
+
+
+def disable(pm: pluggy.PluginManager, plugin_name: str, what: str) -> None:
+    """Report a broken plugin and unregister it, so nothing it registered is used."""
+    report_problem(plugin_name, what)
+    plugin = pm.get_plugin(plugin_name)
+    if plugin is not None:
+        pm.unregister(plugin)
+    registry.reset()  # tables loaded before now may hold its entries
+
+
+def _builtin(plugin_name: str) -> bool:
+    return plugin_name in DEFAULT_PLUGINS
 
 
 def reset(pm: Optional[pluggy.PluginManager] = None) -> None:
@@ -95,20 +136,38 @@ def reset(pm: Optional[pluggy.PluginManager] = None) -> None:
 
 
 def _collect(pm: pluggy.PluginManager, kind: str) -> dict[str, Entry]:
+    """Ask every plugin's hook for ``kind``: the built-ins first, then the others in load order.
+    A hook that raises or registers something malformed disables its plugin; a name registered
+    twice keeps the first (so built-ins win) and reports the other."""
     hook_name = next(h for h, k in HOOK_KINDS.items() if k == kind)
     entries: dict[str, Entry] = {}
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+    impls = list(getattr(pm.hook, hook_name).get_hookimpls())
+    impls.sort(key=lambda impl: not _builtin(pm.get_name(impl.plugin) or ""))  # stable: load order otherwise
+    for impl in impls:
         plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
+        mine: list[Entry] = []
 
-        def register(name: str, obj: Any, _plugin: str = plugin_name) -> None:
-            if name in entries:
-                raise SeqkitError(
-                    f"{kind} {name!r} is registered twice: by plugin {entries[name].plugin} and by "
-                    f"plugin {_plugin}; uninstall or rename one of them"
-                )
-            entries[name] = Entry(name, obj, _plugin)
+        def register(name: str, obj: Any, _plugin: str = plugin_name, _mine: list = mine) -> None:
+            if not isinstance(name, str) or not name.strip():
+                raise TypeError(f"{kind} names are non-empty strings, got {name!r}")
+            if obj is None:
+                raise TypeError(f"{kind} {name!r} is None")
+            _mine.append(Entry(name, obj, _plugin))
 
-        impl.function(**({"register": register} if "register" in impl.argnames else {}))
+        try:
+            impl.function(**({"register": register} if "register" in impl.argnames else {}))
+        except Exception as exc:
+            if _builtin(plugin_name):
+                raise
+            disable(pm, plugin_name, f"is disabled: its {hook_name} raised {_describe(exc)}")
+            continue
+        for entry in mine:
+            if entry.name in entries:
+                first = entries[entry.name].plugin
+                report_problem(plugin_name, f"registers {kind} {entry.name!r}, which plugin {label(first)} "
+                                            f"already registers; {plugin_name}'s is ignored (rename it)")
+                continue
+            entries[entry.name] = entry
     return entries
 
 
@@ -130,11 +189,14 @@ class PluginInfo:
     datasets: list[str] = field(default_factory=list)
     features: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what is wrong with it (broken, clashes)
 
 
 def plugin_info(pm: Optional[pluggy.PluginManager] = None) -> list[PluginInfo]:
-    """Every plugin, its version and what it registers."""
+    """Every plugin, its version, what it registers and what is wrong with it (a plugin that
+    failed to load or was disabled is listed with its problems only)."""
     pm = pm or get_plugin_manager()
+    found = problems()
     dists = {id(p): d for p, d in pm.list_plugin_distinfo()}
     infos = []
     for name, plugin in pm.list_name_plugin():
@@ -147,16 +209,22 @@ def plugin_info(pm: Optional[pluggy.PluginManager] = None) -> list[PluginInfo]:
             version = dist.version if dist else None
             dist_name = dist.metadata["Name"] if dist else None
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
-        info = PluginInfo(name, version, dist_name, hooks)
+        info = PluginInfo(name, version, dist_name, hooks, problems=found.pop(name, []))
         for hook, kind in HOOK_KINDS.items():
             if hook in hooks:
-                names: list[str] = []
-                fn = getattr(plugin, hook)
-                takes = "register" in inspect.signature(fn).parameters
-                fn(**({"register": lambda n, _o, _names=names: _names.append(n)} if takes else {}))
-                setattr(info, _INFO_FIELD[kind], names)
+                entries = getattr(registry, _INFO_FIELD[kind]).entries()
+                setattr(info, _INFO_FIELD[kind], [n for n, e in entries.items() if e.plugin == name])
         infos.append(info)
+    for name, what in found.items():  # failed to load, or disabled
+        dist = next((d for ep_name, d in _dists().items() if ep_name == name), None)
+        infos.append(PluginInfo(name, dist.version if dist else None, dist.name if dist else None, [],
+                                problems=what))
     return infos
+
+
+def _dists() -> dict[str, Any]:
+    return {ep.name: ep.dist for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+            if getattr(ep, "dist", None) is not None}
 
 
 def _own_version() -> str:

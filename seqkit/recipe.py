@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -32,7 +35,29 @@ __all__ = [
     "from_dict",
     "parse_overrides",
     "section_class",
+    "bounded",
 ]
+
+
+def bounded(default: Any, *, ge: Optional[float] = None, gt: Optional[float] = None,
+            le: Optional[float] = None, lt: Optional[float] = None) -> Any:
+    """A dataclass field whose recipe values must lie in a range (checked when a recipe is read:
+    ``seqkit recipe validate`` reports ``head.dropout: must be < 1, got 2``)::
+
+        dropout: float = bounded(0.0, ge=0, lt=1)
+    """
+    return field(default=default, metadata={"bounds": (ge, gt, le, lt)})
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, source: str, key: str) -> None:
+    bounds = f.metadata.get("bounds")
+    if bounds is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    ge, gt, le, lt = bounds
+    for limit, ok, sign in ((ge, lambda v, b: v >= b, ">="), (gt, lambda v, b: v > b, ">"),
+                            (le, lambda v, b: v <= b, "<="), (lt, lambda v, b: v < b, "<")):
+        if limit is not None and not ok(value, limit):
+            raise RecipeError(f"{source}: {key}: must be {sign} {limit:g}, got {value!r}")
 
 
 @dataclass
@@ -40,16 +65,16 @@ class EncoderConfig:
     """The shared encoder (``seqkit.Encoder``); the same section for every task."""
 
     cell: str = "lstm"  # a registered cell: lstm, gru, or a plugin's
-    num_layers: int = 2
-    hidden_size: int = 256
+    num_layers: int = bounded(2, ge=1)
+    hidden_size: int = bounded(256, ge=1)
     bidirectional: bool = True  # shorthand for directions: bidirectional (false: forward)
     # split: ELMo-style, each direction stacks on itself; null: from bidirectional
     directions: Optional[Literal["forward", "bidirectional", "split"]] = None
-    dropout: float = 0.0  # between layers, training only
+    dropout: float = bounded(0.0, ge=0, lt=1)  # between layers, training only
     locked_dropout: bool = False  # one dropout mask per sequence for all time steps (variational)
-    input_dropout: float = 0.0  # on the encoder's input
-    output_dropout: float = 0.0  # on the top layer's output
-    weight_drop: float = 0.0  # DropConnect on the recurrent weights (AWD-LSTM)
+    input_dropout: float = bounded(0.0, ge=0, lt=1)  # on the encoder's input
+    output_dropout: float = bounded(0.0, ge=0, lt=1)  # on the top layer's output
+    weight_drop: float = bounded(0.0, ge=0, lt=1)  # DropConnect on the recurrent weights (AWD-LSTM)
     engine: Literal["auto", "fused", "generic"] = "auto"
     init_from: Optional[str] = None  # a run folder: start from its encoder (and matching token embeddings)
 
@@ -60,29 +85,29 @@ class EncoderConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    max_steps: int = 0  # 0: no limit
-    batch_size: int = 32
+    epochs: int = bounded(10, ge=1)
+    max_steps: int = bounded(0, ge=0)  # 0: no limit
+    batch_size: int = bounded(32, ge=1)
     sortagrad: bool = False  # first epoch in order of length, shortest batches first (SortaGrad)
-    lr: float = 1e-3
+    lr: float = bounded(1e-3, gt=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    lr_decay: float = 1.0  # lr_schedule exponential: multiply the learning rate by this after each epoch
+    momentum: float = bounded(0.9, ge=0, lt=1)  # sgd only
+    weight_decay: float = bounded(0.0, ge=0)
+    lr_decay: float = bounded(1.0, gt=0)  # lr_schedule exponential: multiply the learning rate by this after each epoch
     # cosine: per step down to min_lr; plateau: times lr_decay after each validation that does not improve
     lr_schedule: Literal["exponential", "cosine", "plateau"] = "exponential"
-    min_lr: float = 0.0  # where the cosine schedule ends, at the last step
-    warmup_steps: int = 0  # ramp the learning rate up linearly over the first steps
-    clip_grad_norm: float = 5.0
+    min_lr: float = bounded(0.0, ge=0)  # where the cosine schedule ends, at the last step
+    warmup_steps: int = bounded(0, ge=0)  # ramp the learning rate up linearly over the first steps
+    clip_grad_norm: float = bounded(5.0, ge=0)  # 0: no clipping
     seed: int = 1
-    patience: int = 0  # epochs without improvement before stopping; 0: never stop early
-    average_last: int = 0  # at the end, average the weights of up to this many last epochs; 0/1: off
-    ema_decay: float = 0.0  # keep a moving average of the weights (0.999: ~1000 steps), tried at the end; 0: off
-    checkpoint_every: int = 500  # steps between 'last' checkpoints (besides each epoch end)
-    log_every: int = 50
-    eval_batch_size: int = 128
-    max_length: int = 0  # split longer training sequences into chunks; 0: keep whole
-    threads: int = 0  # torch intra-op threads; 0: leave torch's default
+    patience: int = bounded(0, ge=0)  # epochs without improvement before stopping; 0: never stop early
+    average_last: int = bounded(0, ge=0)  # at the end, average the weights of up to this many last epochs; 0/1: off
+    ema_decay: float = bounded(0.0, ge=0, lt=1)  # weight moving average (0.999: ~1000 steps), tried at the end; 0: off
+    checkpoint_every: int = bounded(500, ge=0)  # steps between "last" checkpoints (also each epoch end; 0: only then)
+    log_every: int = bounded(50, ge=1)
+    eval_batch_size: int = bounded(128, ge=1)
+    max_length: int = bounded(0, ge=0)  # split longer training sequences into chunks; 0: keep whole
+    threads: int = bounded(0, ge=0)  # torch intra-op threads; 0: leave torch's default
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls and recurrences to bfloat16
 
 
@@ -184,8 +209,10 @@ class Recipe:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(f"{path}: recipe file not found")
+    if not path.is_file():
+        raise RecipeError(f"{path}: not a regular file; give the path of a YAML recipe")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -201,7 +228,26 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {_kind(raw)}")
+    _check_size(raw, str(path))
     return raw
+
+
+_MAX_NODES = 100_000  # far above any real recipe; YAML aliases can make a few bytes expand to billions
+
+
+def _check_size(raw: Any, source: str) -> None:
+    """Refuse a recipe whose values, with YAML aliases expanded, would be huge (an alias bomb)."""
+    count, stack = 0, [raw]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > _MAX_NODES:
+            raise RecipeError(f"{source}: the recipe expands to more than {_MAX_NODES:,} values (YAML aliases "
+                              "referring to each other?); write the values out")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def _section(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
@@ -226,6 +272,8 @@ def _resolve_components(recipe: Recipe, raw: dict[str, Any], source: str, *, len
     task_name = sections["task"].get("name")
     if task_name is None:
         task_name = _implied_task(sections, source)
+    if not isinstance(task_name, str):
+        raise RecipeError(f"{source}: task.name: expected a string, got {_brief(task_name)}")
     task_cls = registry.tasks.get(task_name, where=f"{source}: task.name")
     defaults = {"data": getattr(task_cls, "default_dataset", None),
                 "features": getattr(task_cls, "default_features", None),
@@ -242,7 +290,7 @@ def _resolve_components(recipe: Recipe, raw: dict[str, Any], source: str, *, len
             raise RecipeError(f"{source}: {name}.{selector}: missing; task {task_name!r} needs {what} "
                               f"(registered: {', '.join(getattr(registry, kind).names()) or 'none'})")
         if not isinstance(chosen, str):
-            raise RecipeError(f"{source}: {name}.{selector}: expected a string, got {chosen!r}")
+            raise RecipeError(f"{source}: {name}.{selector}: expected a string, got {_brief(chosen)}")
         component = getattr(registry, kind).get(chosen, where=f"{source}: {name}.{selector}")
         config = component_config(component)
         if lenient:
@@ -292,6 +340,16 @@ def _migrate_saved(raw: dict[str, Any]) -> None:
             data.update(synth)
 
 
+def _brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut short: an error message never prints a huge value."""
+    if isinstance(value, (dict, list)) and len(value) > 20:
+        return f"{_kind(value)} of {len(value)} items"
+    short = reprlib.Repr()  # keyword arguments only from Python 3.12
+    short.maxstring, short.maxother, short.maxlist, short.maxdict, short.maxlevel = limit, limit, 6, 6, 2
+    text = short.repr(value)
+    return text if len(text) <= limit * 2 else text[: limit * 2] + "..."
+
+
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
             int: "an integer", float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
@@ -306,6 +364,9 @@ def _describe(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
@@ -333,14 +394,16 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
     elif tp is str:
         if isinstance(value, str):
             return value
     elif tp is Any:
         return value
-    raise RecipeError(f"{source}: {key}: expected {_describe(tp)}, got {value!r}")
+    raise RecipeError(f"{source}: {key}: expected {_describe(tp)}, got {_brief(value)}")
 
 
 def from_dict(cls: Any, data: Any, *, source: str = "<recipe>", prefix: str = "") -> Any:
@@ -360,6 +423,7 @@ def from_dict(cls: Any, data: Any, *, source: str = "<recipe>", prefix: str = ""
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _coerce(hints[name], value, source, key)
+        _check_bounds(fields[name], kwargs[name], source, key)
     return cls(**kwargs)
 
 
@@ -388,6 +452,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...],
             child = node.get(key)
             if child is None:
                 child = node[key] = {}
+            if isinstance(child, str) and i == 0 and key == "task":  # task: tagging is task.name: tagging
+                child = node[key] = {"name": child}
             if not isinstance(child, dict):
                 path = ".".join(keys[: i + 1])
                 raise RecipeError(f"--set {'.'.join(keys)}: {path} in {source} is not a section")

@@ -46,6 +46,9 @@ class Registry:
 
     def get(self, name: str, *, where: str = "") -> Any:
         entries = self.entries()
+        if not isinstance(name, str):
+            prefix = f"{where}: " if where else ""
+            raise RecipeError(f"{prefix}expected the name of a {self.kind} (a string), got {type(name).__name__}")
         if name not in entries:
             prefix = f"{where}: " if where else ""
             known = ", ".join(sorted(entries)) or "none"

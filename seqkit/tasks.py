@@ -56,10 +56,15 @@ __all__ = [
     "length_groups",
     "load_splits",
     "persist_vocab",
+    "read_regular_file",
+    "read_vocab",
     "recipe_base",
     "resolve_path",
+    "text_inputs",
+    "check_batch_size",
     "seed_everything",
     "write_json",
+    "write_text_atomic",
 ]
 
 State = tuple[Tensor, ...]
@@ -233,23 +238,150 @@ V = TypeVar("V")
 
 def persist_vocab(run_dir: Optional[Path], marker: str, build: Callable[[], V], load: Callable[[Path], V],
                   save: Callable[[V, Path], None]) -> V:
-    """A vocabulary kept in ``run_dir/vocab``: loaded when ``marker`` (a file name) is there
-    (a resumed run), else built and saved (``run_dir`` None: built only)."""
+    """A vocabulary kept in ``run_dir/vocab``: loaded (``read_vocab``) when ``marker`` (a file
+    name) is there (a resumed run), else built and saved (``run_dir`` None: built only). Saving is
+    atomic: ``save`` writes into a scratch folder, each file is synced and renamed into ``vocab/``,
+    ``marker`` last, so a crash or a full disk never leaves a half-written vocabulary behind."""
     folder = run_dir / "vocab" if run_dir is not None else None
     if folder is not None and (folder / marker).exists():
-        return load(folder)
+        return read_vocab(folder, load, marker=marker)
     vocab = build()
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        save(vocab, folder)
+    if folder is None:
+        return vocab
+    scratch = folder.parent / f".vocab-{marker}.tmp"
+    try:
+        if scratch.exists():
+            _remove_tree(scratch)
+        scratch.mkdir(parents=True)
+        save(vocab, scratch)
+        folder.mkdir(exist_ok=True)
+        for path in sorted(scratch.iterdir(), key=lambda f: f.name == marker):  # the marker last
+            if path.is_file():
+                _fsync_file(path)
+            os.replace(path, folder / path.name)
+        _fsync_dir(folder)
+    except OSError as exc:
+        raise SeqkitError(f"{folder}: could not save the vocabulary ({exc.strerror or exc}); "
+                          "free some space or choose another --out") from None
+    finally:
+        if scratch.exists():
+            _remove_tree(scratch)
     return vocab
+
+
+def read_vocab(folder: Path, load: Callable[[Path], V], *, marker: Optional[str] = None) -> V:
+    """``load(folder)``, or one error naming the folder when it is missing, damaged or holds
+    something that is not a regular file (a FIFO would block the reader forever)."""
+    if marker is not None and not (folder / marker).exists():
+        raise SeqkitError(f"{folder / marker}: missing; the run folder is incomplete (train it again "
+                          "with `seqkit recipe run`)")
+    if not folder.is_dir():
+        raise SeqkitError(f"{folder}: missing; the run folder is incomplete (train it again with "
+                          "`seqkit recipe run`)")
+    for path in folder.iterdir():
+        if not path.is_file():
+            raise SeqkitError(f"{path}: not a regular file; the run folder's vocabulary is damaged")
+        if path.stat().st_size == 0:
+            raise SeqkitError(f"{path}: empty file; the run folder's vocabulary is damaged (a full disk?); "
+                              "train it again")
+    try:
+        return load(folder)
+    except SeqkitError:
+        raise
+    except Exception as exc:  # json, tokenizers and KeyErrors alike: the files are not what we wrote
+        raise SeqkitError(f"{folder}: the vocabulary is unreadable ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]}); the run folder is damaged") from None
+
+
+def text_inputs(texts: Any, what: str, *, tokens: bool = False) -> tuple[list[Any], bool]:
+    """The inputs of a text method (``tag``, ``score``, ...) as a list, and whether one text was
+    given (a ``str`` is one text, never a sequence of characters). ``tokens``: a list of token
+    strings counts as one pre-tokenised text inside the list. Anything else is one clear error."""
+    if isinstance(texts, str):
+        return [texts], True
+    if texts is None or isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+        hint = " (decode bytes first: data.decode('utf-8'))" if isinstance(texts, (bytes, bytearray)) else ""
+        raise SeqkitError(f"{what}: expected a string or a list of strings, got {type(texts).__name__}{hint}")
+    items = list(texts)
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            continue
+        if tokens and isinstance(item, (list, tuple)) and all(isinstance(t, str) for t in item):
+            continue
+        expected = "a string or a list of token strings" if tokens else "a string"
+        raise SeqkitError(f"{what}: item {i} is {type(item).__name__} ({_brief(item)}); expected {expected}")
+    return items, False
+
+
+def check_batch_size(batch_size: Any, what: str = "batch_size") -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise SeqkitError(f"{what}: expected a positive integer, got {batch_size!r}")
+    return batch_size
+
+
+def _brief(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_regular_file(path: Path, what: str = "file") -> str:
+    """The text of ``path``, or one error when it is missing, not a regular file or not UTF-8."""
+    if not path.exists():
+        raise SeqkitError(f"{path}: no such {what}")
+    if not path.is_file():
+        raise SeqkitError(f"{path}: not a regular file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SeqkitError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise SeqkitError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that a reader (or a crash) sees the old file or the new one, never half:
+    a temporary file beside it, synced, then renamed over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise SeqkitError(f"{path}: could not write it ({exc.strerror or exc})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a reader never sees half a file)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False))
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def epoch_order(train: "TrainConfig", epoch: int) -> dict[str, Any]:

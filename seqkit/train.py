@@ -133,6 +133,7 @@ class Trainer:
         self.state = _State()
         self.stats: dict[str, float] = {}
         self._stop_requested = False
+        self.stop_signal: int | None = None  # the signal that stopped training, if one did
         self._fitted = False
         self._saved_key: tuple | None = None
         self._last_valid: dict = {}
@@ -184,8 +185,8 @@ class Trainer:
                     self._try_averages()
         finally:
             self._log = None
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, old in (previous or {}).items():
+                signal.signal(sig, old)
             self._record_stats()
         if stopped == "interrupted":
             print(f"Interrupted at step {self.state.step}; saved {self.checkpoint_path('last')}. "
@@ -534,6 +535,10 @@ class Trainer:
                   f"step {self.state.step}).", file=sys.stderr)
             return
         if resume:
+            trained = [p.name for p in (self.checkpoint_path("best"), *self._snapshots().values()) if p.exists()]
+            if trained:  # never delete a trained model implicitly
+                raise SeqkitError(f"{last}: missing, so there is nothing to resume from; {', '.join(trained)} "
+                                  "kept; train into another folder")
             print(f"No checkpoint at {last}; starting a fresh run.", file=sys.stderr)
         self.state = _State()
         self._saved_key = None
@@ -594,7 +599,8 @@ class Trainer:
         self.state.metrics_lines += 1
 
     def _install_sigint(self):
-        """Make Ctrl-C stop at the next step (twice: abort now); return the old handler."""
+        """Make Ctrl-C (SIGINT) and SIGTERM (what schedulers send before killing) stop at the next
+        step, saving ``last``; a second one aborts at once. Returns the old handlers."""
         if threading.current_thread() is not threading.main_thread():
             return None
 
@@ -602,13 +608,18 @@ class Trainer:
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
-            print("\nStopping after this step (press Ctrl-C again to abort now).",
-                  file=sys.stderr)
+            self.stop_signal = signum
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{name}: stopping after this step (press Ctrl-C again to abort now).", file=sys.stderr)
 
-        previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, handler)
-        # None means a handler set outside Python; Python's default is the closest match.
-        return previous if previous is not None else signal.default_int_handler
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old = signal.getsignal(sig)
+            signal.signal(sig, handler)
+            # None means a handler set outside Python; Python's default is the closest match.
+            previous[sig] = old if old is not None else (signal.default_int_handler if sig == signal.SIGINT
+                                                         else signal.SIG_DFL)
+        return previous
 
     def _record_stats(self) -> None:
         wall = time.perf_counter() - self._t0

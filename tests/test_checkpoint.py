@@ -123,7 +123,7 @@ def test_truncated_file_is_a_clean_error(tmp_path: Path) -> None:
     save_checkpoint(path, _model(), None, {})
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    unreadable = r"last\.safetensors: checkpoint is unreadable .*--resume"
+    unreadable = r"last\.safetensors: checkpoint is unreadable .*another --out"
     with pytest.raises(SeqkitError, match=unreadable):
         load_checkpoint(path, _model())
     path.write_bytes(b"")

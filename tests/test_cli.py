@@ -144,7 +144,6 @@ def test_plugin_command_is_added(register_plugin):
     from tests.plugins import hello_command
 
     register_plugin(hello_command, name="hello-command")
-    group = type(cli)(name="seqkit-test", commands=dict(cli.commands))  # fresh group, same commands
-    hello_command.register_commands(cli=group)
+    group = type(cli)(name="seqkit-test", commands=dict(cli.commands))  # fresh group: adds plugin commands anew
     result = CliRunner().invoke(group, ["hello", "world"])
     assert result.exit_code == 0 and result.output == "hello world\n"

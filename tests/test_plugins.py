@@ -16,7 +16,6 @@ import torch
 
 import seqkit
 from seqkit import hookspecs, plugins, registry
-from seqkit.errors import SeqkitError
 from tests.plugins import dup_lstm, mingru
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
@@ -37,11 +36,31 @@ def test_plugin_cell_usable_by_name(register_plugin):
     assert not enc.fused
 
 
-def test_duplicate_name_names_both_plugins(register_plugin):
+def test_a_duplicate_name_keeps_the_builtin_and_names_both_plugins(register_plugin):
     register_plugin(dup_lstm, name="dup-lstm")
-    with pytest.raises(SeqkitError, match=r"cell 'lstm' is registered twice: by plugin "
-                       r"seqkit\.default_plugins\.cells and by plugin dup-lstm"):
-        registry.cells.get("lstm")
+    with pytest.warns(plugins.PluginLoadWarning, match=r"seqkit plugin dup-lstm registers cell 'lstm', which plugin "
+                      r"seqkit\.default_plugins\.cells already registers; dup-lstm's is ignored"):
+        entry = registry.cells.entries()["lstm"]
+    assert entry.plugin == "seqkit.default_plugins.cells"
+    assert plugins.problems()["dup-lstm"]
+
+
+def test_a_hook_that_raises_disables_its_plugin_only(register_plugin):
+    class Raising:
+        @seqkit.hookimpl
+        def register_heads(self, register):
+            register("half", object)
+            raise RuntimeError("boom")
+
+        @seqkit.hookimpl
+        def register_cells(self, register):
+            register("never", object)
+
+    register_plugin(Raising(), name="raising")
+    with pytest.warns(plugins.PluginLoadWarning, match=r"raising is disabled: its register_heads raised "
+                      r"RuntimeError: boom"):
+        assert "tagger" in registry.heads.names() and "half" not in registry.heads.names()
+    assert "never" not in registry.cells.names() and "lstm" in registry.cells.names()
 
 
 def _fake_distribution(root: Path, name: str, module: str, source: str, version: str = "1.2.3") -> None:
@@ -83,7 +102,9 @@ def test_entry_points_found_and_broken_plugin_is_one_warning(site):
         assert "gru2" in registry.cells.names() and "lstm" in registry.cells.names()
         info = {i.name: i for i in plugins.plugin_info(pm)}
         assert info["seqkit_good"].version == "1.2.3" and info["seqkit_good"].cells == ["gru2"]
-        assert "seqkit_broken" not in info
+        assert not info["seqkit_good"].problems
+        assert info["seqkit_broken"].version == "0.0.1" and not info["seqkit_broken"].hooks
+        assert "ImportError: this plugin needs numpy 99" in info["seqkit_broken"].problems[0]
     finally:
         plugins.reset(None)
 
@@ -92,9 +113,10 @@ def test_plugins_command_subprocess_sees_entry_points(site):
     env = {**os.environ, "SEQKIT_LOAD_PLUGINS": "1", "PYTHONPATH": str(site)}
     proc = subprocess.run([sys.executable, "-m", "seqkit", "plugins", "--json"], capture_output=True,
                           text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # a broken plugin is listed, and the exit status says so
     listed = {p["name"]: p for p in json.loads(proc.stdout)}
     assert listed["seqkit_good"]["version"] == "1.2.3"
+    assert listed["seqkit_broken"]["problems"] and not listed["seqkit_good"]["problems"]
     assert listed["seqkit.default_plugins.cells"]["cells"] == ["lstm", "gru"]
     assert "seqkit_broken" in proc.stderr and "failed to load" in proc.stderr
     assert "Traceback" not in proc.stderr

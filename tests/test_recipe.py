@@ -108,8 +108,8 @@ def test_unknown_names_and_devices(tmp_path, plugin_manager):
         ("data.dataset", "nodata", r"data\.dataset: unknown dataset 'nodata'"),
         ("device", "cuda:7", r"device: cuda:7 is not available"),
         ("device", "tpu", r"device: 'tpu' is not a device"),
-        ("train.ema_decay", "1.5", r"r\.yaml: train\.ema_decay must be at least 0 and below 1, got 1\.5"),
-        ("train.average_last", "-2", r"r\.yaml: train\.average_last must be 0 or more"),
+        ("train.ema_decay", "1.5", r"r\.yaml: train\.ema_decay: must be < 1, got 1\.5"),
+        ("train.average_last", "-2", r"r\.yaml: train\.average_last: must be >= 0, got -2"),
     ]:
         with pytest.raises(SeqkitError, match=message):
             check_recipe(Recipe.load(write(tmp_path, "task: tagging\n"), [f"{key}={value}", "data.train=x"]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,10 @@ DOCS = ROOT / "docs" / "plugins.md"
 def site(tmp_path_factory) -> Path:
     """seqkit-digits installed by pip (a wheel built from its setup.cfg, with entry points)."""
     target = tmp_path_factory.mktemp("site")
+    source = tmp_path_factory.mktemp("src") / DIST.name  # pip builds in the source folder: not in the checkout
+    shutil.copytree(DIST, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--no-index", "--target", str(target), str(DIST)], capture_output=True, text=True,
+                           "--no-index", "--target", str(target), str(source)], capture_output=True, text=True,
                           timeout=300)
     if proc.returncode != 0:
         pytest.fail(f"pip could not install the test plugin: {proc.stderr[-2000:]}")

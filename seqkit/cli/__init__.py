@@ -18,11 +18,39 @@ class _Group(click.Group):
     _plugins_added = False
 
     def _add_plugin_commands(self) -> None:
-        if not self._plugins_added:
-            self._plugins_added = True
-            from ..plugins import get_plugin_manager
+        """Each plugin's ``register_commands`` on its own: one that raises is reported by name and
+        adds nothing; a command whose name another plugin (or seqkit) already has is dropped."""
+        if self._plugins_added:
+            return
+        self._plugins_added = True
+        from ..plugins import DEFAULT_PLUGINS, disable, get_plugin_manager, report_problem
 
-            get_plugin_manager().hook.register_commands(cli=self)
+        pm = get_plugin_manager()
+        owners: dict[str, str] = {}  # command -> the plugin that added it ("seqkit": seqkit's own)
+        impls = list(pm.hook.register_commands.get_hookimpls())
+        impls.sort(key=lambda impl: pm.get_name(impl.plugin) not in DEFAULT_PLUGINS)
+        for impl in impls:
+            name = pm.get_name(impl.plugin) or repr(impl.plugin)
+            before = dict(self.commands)
+            try:
+                impl.function(cli=self)
+            except Exception as exc:
+                if name in DEFAULT_PLUGINS:
+                    raise
+                self.commands = before
+                disable(pm, name, f"is disabled: its register_commands raised {type(exc).__name__}: {exc}")
+                continue
+            for command, obj in list(self.commands.items()):
+                if before.get(command) is obj:
+                    continue
+                mine = "seqkit" if name in DEFAULT_PLUGINS else name
+                owner = owners.get(command, "seqkit" if command in before else mine)
+                if owner != mine:  # seqkit's own commands, or another plugin's, are kept
+                    self.commands[command] = before[command]
+                    report_problem(name, f"adds command {command!r}, which {owner} already has; "
+                                         f"{name}'s is ignored (rename it)")
+                else:
+                    owners[command] = "seqkit" if name in DEFAULT_PLUGINS else name
 
     def list_commands(self, ctx):
         self._add_plugin_commands()
@@ -35,6 +63,11 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:  # outside the training loop (which saves first), or a second Ctrl-C
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo("\nerror: interrupted", err=True)
+            sys.exit(130)
         except SeqkitError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -61,4 +94,5 @@ from . import bench, commands, recipe  # noqa: E402,F401  (they attach their com
 
 
 def main() -> None:
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     cli(prog_name="seqkit")

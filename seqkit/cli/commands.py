@@ -14,15 +14,21 @@ from . import cli
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins_cmd(as_json: bool) -> None:
-    """Every plugin, its version, and the tasks/cells/heads/datasets/features it adds."""
+    """Every plugin, its version, and the tasks/cells/heads/datasets/features it adds. Exits 1
+    when a plugin is broken (failed to load, a hook raised, a name clash), after listing it."""
     from ..plugins import plugin_info
 
     infos = plugin_info()
+    broken = [i for i in infos if i.problems]
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(i) for i in infos], indent=1))
+        if broken:
+            raise SystemExit(1)
         return
     for info in infos:
         click.echo(f"{info.name} {info.version or '(no version)'}")
+        for problem in info.problems:
+            click.echo(f"  problem: {problem}")
         for kind in ("tasks", "cells", "heads", "datasets", "features"):
             names = getattr(info, kind)
             if names:
@@ -30,6 +36,9 @@ def plugins_cmd(as_json: bool) -> None:
         other = [h for h in info.hooks if not h.startswith("register_") or h == "register_commands"]
         if other:
             click.echo(f"  hooks: {', '.join(other)}")
+    if broken:
+        click.echo(f"error: {len(broken)} plugin(s) with problems: {', '.join(i.name for i in broken)}", err=True)
+        raise SystemExit(1)
 
 
 @cli.command("evaluate")
@@ -38,7 +47,7 @@ def plugins_cmd(as_json: bool) -> None:
               help="A data file in the task's format (a CoNLL file for tagging, a JSONL audio manifest for "
                    "transcription, a text file for language models; default: the run's test split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-@click.option("--batch-size", default=128, show_default=True)
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
 def evaluate_cmd(run: Path, data: Path | None, as_json: bool, batch_size: int) -> None:
     """Scores of the model in RUN on its test split or on --data, as its task reports them
     (tagging: span precision/recall/F1 per type; transcription: CER/WER; language model:

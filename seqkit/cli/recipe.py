@@ -73,12 +73,17 @@ def recipe_validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder: checkpoints, metrics.jsonl, metrics.json and the resolved recipe.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last checkpoint, with the run's own recipe.yaml "
+                   "(--set may change only train.epochs, train.max_steps and train.patience).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
 def recipe_run(recipe: Path, out: Path, overrides: tuple[str, ...], resume: bool, no_progress: bool) -> None:
     """Train RECIPE, evaluate the best checkpoint on the test split, write OUT/metrics.json."""
-    from ..build import run_recipe
+    from ..build import RECIPE_FILE, resume_recipe, run_recipe
 
-    metrics = run_recipe(Recipe.load(recipe, overrides), out, resume=resume, progress=not no_progress)
+    resolved = Recipe.load(recipe, overrides)
+    if resume and (out / RECIPE_FILE).is_file():
+        resolved = resume_recipe(resolved, out, overrides)
+    metrics = run_recipe(resolved, out, resume=resume, progress=not no_progress)
     shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     click.echo(json.dumps(shown, ensure_ascii=False))

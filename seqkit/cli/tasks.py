@@ -25,7 +25,7 @@ __all__ = ["generate_cmd", "tag_cmd", "transcribe_cmd"]
 @click.option("--input", "input_file", type=click.File("r", encoding="utf-8"),
               help="Read one text per line from a file ('-' for stdin).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per text.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 def tag_cmd(run: Path, texts: tuple[str, ...], input_file, as_json: bool, batch_size: int) -> None:
     """Tag TEXTS with the model in RUN: entities with types and character offsets."""
     from .. import load
@@ -59,9 +59,11 @@ class _SomeFailed(SeqkitError):
 @click.command("transcribe")
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--beam", default=0, show_default=True, help="Beam width of the CTC beam search (0: greedy).")
+@click.option("--beam", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Beam width of the CTC beam search (0: greedy).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
-@click.option("--batch-size", default=8, show_default=True, help="Files per forward pass.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+              help="Files per forward pass.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N], mps or auto.")
 def transcribe_cmd(run: Path, files: tuple[Path, ...], beam: int, as_json: bool, batch_size: int,
                    device: str) -> None:
@@ -105,7 +107,8 @@ def transcribe_cmd(run: Path, files: tuple[Path, ...], beam: int, as_json: bool,
 @click.command("generate")
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prompt", default="", help="Text to continue (default: start a new line).")
-@click.option("--max-tokens", default=100, show_default=True, help="Tokens to sample.")
+@click.option("--max-tokens", default=100, show_default=True, type=click.IntRange(min=0),
+              help="Tokens to sample.")
 @click.option("--temperature", default=1.0, show_default=True, help="Softmax temperature (0: always the most likely).")
 @click.option("--top-k", default=0, show_default=True, help="Sample among the k most likely tokens (0: all).")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus: the smallest set of probability p (1: all).")

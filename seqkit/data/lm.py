@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Literal, NamedTuple, Optional
 
 from ..errors import DataError, RecipeError
+from ..recipe import bounded
 
 __all__ = ["KJVConfig", "TextConfig", "TextCorpus", "Verse", "cache_root", "kjv_provider", "kjv_split",
            "read_kjv", "split_punctuation", "text_provider"]
@@ -69,8 +70,9 @@ class TextConfig:
     train: Optional[str] = None  # training text; a relative path is read from the recipe's folder
     valid: Optional[str] = None  # validation text; none: the last valid_fraction of train (or no validation)
     test: Optional[str] = None  # test text; none: an empty test split
-    valid_fraction: float = 0.0  # without `valid`: hold out this fraction of train lines, taken from its end
-    limit: int = 0  # keep only the first N lines of each split (0: all), for smoke runs
+    # without `valid`: hold out this fraction of train lines, taken from its end
+    valid_fraction: float = bounded(0.0, ge=0, lt=1)
+    limit: int = bounded(0, ge=0)  # keep only the first N lines of each split (0: all), for smoke runs
     cache_dir: Optional[str] = None  # seqkit's cache (Arrow tables in CACHE/datasets); default ~/.cache/seqkit
 
 
@@ -83,6 +85,17 @@ def _resolve(value: str, base: Path, key: str) -> Path:
     if not path.is_file():
         raise RecipeError(f"data.{key}: not a file: {path}")
     return path
+
+
+def check_text(config: TextConfig, *, base: Path) -> None:
+    """The files a recipe names exist (``seqkit recipe validate`` reports a missing one, with where
+    to get PTB when it is the Penn Treebank)."""
+    if config.train is None:
+        raise RecipeError("data.train: the text dataset needs a training file (data.train: path)")
+    for key in SPLITS:
+        value = getattr(config, key)
+        if value is not None:
+            _resolve(value, base, key)
 
 
 @contextmanager
@@ -163,6 +176,7 @@ def text_provider(config: TextConfig, *, base: Path,
 
 text_provider.Config = TextConfig  # type: ignore[attr-defined]
 text_provider.task = TASK  # type: ignore[attr-defined]
+text_provider.check = check_text  # type: ignore[attr-defined]
 
 
 # -- King James Bible ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 from ..errors import RecipeError
+from ..recipe import bounded
 from ..tasks import resolve_path
 from .conll import TaggedCorpus, msra_files, read_conll, read_msra
 
@@ -24,8 +25,8 @@ __all__ = ["ConllConfig", "MsraConfig", "conll_provider", "msra_provider", "spli
 class MsraConfig:
     """Options of the ``msra-ner`` dataset."""
 
-    valid_fraction: float = 0.0  # carve validation from train (MSRA has no dev set)
-    limit: int = 0  # keep the first N sentences of each split (0: all); for smoke tests
+    valid_fraction: float = bounded(0.0, ge=0, lt=1)  # carve validation from train (MSRA has no dev set)
+    limit: int = bounded(0, ge=0)  # keep the first N sentences of each split (0: all); for smoke tests
     tokenize: Literal["chars", "whitespace"] = "chars"  # how raw text is cut into tokens at inference
 
 
@@ -76,7 +77,16 @@ def conll_provider(data: ConllConfig, *, base: Path) -> dict[str, TaggedCorpus]:
     return _finish(corpora["train"], corpora["valid"], corpora["test"], data)
 
 
+def check_conll(data: ConllConfig, *, base: Path) -> None:
+    """The files a recipe names exist (before anything is read)."""
+    if data.train is None:
+        raise RecipeError("data.train: the conll dataset needs a training file (data.train: path)")
+    for key in ("train", "valid", "test"):
+        resolve_path(getattr(data, key), base, f"data.{key}")
+
+
 conll_provider.task = "tagging"  # type: ignore[attr-defined]
+conll_provider.check = check_conll  # type: ignore[attr-defined]
 conll_provider.Config = ConllConfig  # type: ignore[attr-defined]
 
 

@@ -29,6 +29,8 @@ from tqdm import tqdm
 
 from ..errors import DataError, RecipeError
 from ..features.audio import read_audio
+from ..recipe import bounded
+from .conll import load_text
 
 __all__ = ["LIBRIVOX", "LibrivoxConfig", "ManifestConfig", "SpeechCorpus", "SynthConfig", "Utterance",
            "librivox_corpus", "librivox_provider",
@@ -73,16 +75,16 @@ class SynthConfig:
     """
 
     text: Literal["kjv", "fortunes"] = "kjv"  # KJV verses (bible-kjv) or fortunes (fortunes-min)
-    train: int = 6000  # utterances per split
-    valid: int = 200
-    test: int = 300
-    flite: int = 200  # held-out flite voices reading held-out sentences (0: no flite split)
+    train: int = bounded(6000, ge=1)  # utterances per split
+    valid: int = bounded(200, ge=1)
+    test: int = bounded(300, ge=1)
+    flite: int = bounded(200, ge=0)  # held-out flite voices reading held-out sentences (0: no flite split)
     librivox: bool = True  # the five real LibriVox sentences of pocketsphinx-testdata
-    min_words: int = 3  # text is cut at punctuation into chunks of min_words..max_words
-    max_words: int = 16
+    min_words: int = bounded(3, ge=1)  # text is cut at punctuation into chunks of min_words..max_words
+    max_words: int = bounded(16, ge=1)
     seed: int = 0  # picks sentences, voices, speeds and pitches; same seed, same audio
-    jobs: int = 0  # synthesis processes at once (0: one per CPU core)
-    limit: int = 0  # at most N utterances per split (0: as above); for smoke tests
+    jobs: int = bounded(0, ge=0)  # synthesis processes at once (0: one per CPU core)
+    limit: int = bounded(0, ge=0)  # at most N utterances per split (0: as above); for smoke tests
     cache_dir: Optional[str] = None  # where the audio is kept (default $SEQKIT_CACHE_DIR or ~/.cache/seqkit)
 
 
@@ -93,14 +95,14 @@ class ManifestConfig:
     train: Optional[str] = None  # paths, relative to the recipe's folder
     valid: Optional[str] = None
     test: Optional[str] = None
-    limit: int = 0  # keep the first N utterances of each split (0: all)
+    limit: int = bounded(0, ge=0)  # keep the first N utterances of each split (0: all)
 
 
 @dataclass
 class LibrivoxConfig:
     """Options of ``librivox-sample`` (a test split only)."""
 
-    limit: int = 0  # keep the first N sentences (0: all five)
+    limit: int = bounded(0, ge=0)  # keep the first N sentences (0: all five)
 _PROGRAMS = {"espeak-ng": "espeak-ng", "flite": "flite", "bible": "bible-kjv"}
 _SPLITS = ("test", "valid", "flite", "train")  # sentences are dealt out in this order
 
@@ -137,7 +139,7 @@ def read_manifest(path: Path) -> SpeechCorpus:
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
     utts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(load_text(path).split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -18,6 +18,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from ..errors import DataError, RecipeError
+from ..recipe import bounded
 
 __all__ = ["AudioInput", "Fbank", "FbankFeatures", "Normalizer", "SpecAugment", "VTLP", "as_waveform", "read_audio",
            "trim_silence"]
@@ -29,23 +30,24 @@ class FbankFeatures:
     """Options of the ``fbank`` front-end: log-mel filterbanks, SpecAugment and a convolutional
     front-end that subsamples time (the CNN-LSTM of the literature)."""
 
-    sample_rate: int = 16000  # audio is read at any rate and resampled to this
-    n_mels: int = 80  # mel bins of 25 ms windows every 10 ms
+    sample_rate: int = bounded(16000, ge=1000)  # audio is read at any rate and resampled to this
+    n_mels: int = bounded(80, ge=1)  # mel bins of 25 ms windows every 10 ms
     normalize: Literal["utterance", "global", "none"] = "utterance"  # mean/variance per mel bin
-    freq_masks: int = 2  # SpecAugment (training only): masks per utterance across mel bins ...
-    freq_mask_width: int = 15  # ... each up to this many bins wide
-    time_masks: int = 2  # masks per utterance across time ...
-    time_mask_width: int = 40  # ... each up to this many 10 ms frames ...
-    time_mask_fraction: float = 0.15  # ... and up to this fraction of the utterance
-    vtlp: float = 0.0  # training only: warp each utterance's frequency axis by a factor in 1 +- vtlp
+    freq_masks: int = bounded(2, ge=0)  # SpecAugment (training only): masks per utterance across mel bins ...
+    freq_mask_width: int = bounded(15, ge=0)  # ... each up to this many bins wide
+    time_masks: int = bounded(2, ge=0)  # masks per utterance across time ...
+    time_mask_width: int = bounded(40, ge=0)  # ... each up to this many 10 ms frames ...
+    time_mask_fraction: float = bounded(0.15, ge=0, le=1)  # ... and up to this fraction of the utterance
+    vtlp: float = bounded(0.0, ge=0, lt=1)  # training only: warp each utterance's frequency axis by 1 +- vtlp
     subsampling: int = 4  # time subsampling of the conv front-end: 1, 2, 4 (<= 2**conv_layers)
-    conv_layers: int = 2  # 3x3 conv layers, each halving the mel axis
-    conv_channels: int = 32
-    dropout: float = 0.0  # on the front-end's output
+    conv_layers: int = bounded(2, ge=0)  # 3x3 conv layers, each halving the mel axis
+    conv_channels: int = bounded(32, ge=1)
+    dropout: float = bounded(0.0, ge=0, lt=1)  # on the front-end's output
     train_padding: Literal["mask", "repeat"] = "mask"  # repeat: pad training utterances with their last frame
     trim_silence: Optional[float] = None  # training only: seconds of silence kept at either end; null: all
 
 
+_MAX_CHANNELS = 8
 AudioInput = Union[str, os.PathLike, np.ndarray, Tensor]
 HOP_MS, WINDOW_MS = 10, 25
 _LOG_FLOOR = 1e-6  # keeps log() finite in digital silence
@@ -71,22 +73,43 @@ def read_audio(path: Union[str, os.PathLike], sample_rate: int = 16000) -> Tenso
         reason = " ".join(str(exc).split()) or type(exc).__name__
         reason = reason.replace(f"Error opening {str(path)!r}: ", "")
         raise DataError(f"{path}: cannot read audio ({reason})") from None
-    return as_waveform(data, rate, sample_rate, where=str(path))
+    return as_waveform(data, rate, sample_rate, where=str(path), channels_last=True)
 
 
 def as_waveform(audio: Union[np.ndarray, Tensor], rate: int, sample_rate: int = 16000, *,
-                where: str = "audio") -> Tensor:
-    """A (T,) or (T, channels) array at ``rate`` as a mono (T,) float32 tensor at ``sample_rate``."""
+                where: str = "audio", channels_last: Optional[bool] = None) -> Tensor:
+    """A (T,), (T, channels) or (channels, T) array (the layout ``torchaudio.load`` returns) at
+    ``rate`` as a mono (T,) float32 tensor at ``sample_rate``. The channel axis is the shorter one
+    and has at most 8 entries (``channels_last`` says which it is, when the caller knows);
+    anything else is one clear error."""
+    if isinstance(audio, np.ndarray) and audio.dtype.kind not in "fiu":
+        raise DataError(f"{where}: expected real-valued samples (float or integer PCM), got a {audio.dtype} array")
+    if not isinstance(audio, (np.ndarray, Tensor)):
+        raise DataError(f"{where}: expected a path, a numpy array or a torch tensor of samples, "
+                        f"got {type(audio).__name__}")
     wave = torch.as_tensor(audio)
+    if wave.is_complex() or wave.dtype == torch.bool:
+        raise DataError(f"{where}: expected real-valued samples (float or integer PCM), got {wave.dtype}")
     if wave.dtype == torch.uint8:  # 8-bit PCM is unsigned, centred on 128
         wave = (wave.float() - 128.0) / 128.0
     elif not wave.is_floating_point():  # signed integer PCM: scale to [-1, 1]
         wave = wave.float() / float(-torch.iinfo(wave.dtype).min)
     wave = wave.float()
+    if wave.numel() == 0:
+        raise DataError(f"{where}: empty audio (no samples)")
     if wave.dim() == 2:
-        wave = wave.mean(dim=1)  # (T, channels) -> (T,)
+        if channels_last is not None:
+            channel_axis = 1 if channels_last else 0
+        else:
+            channel_axis = 0 if wave.size(0) < wave.size(1) else 1
+        ambiguous = channels_last is None and wave.size(0) == wave.size(1) > 1
+        if wave.size(channel_axis) > _MAX_CHANNELS or ambiguous:
+            raise DataError(f"{where}: cannot tell channels from samples in shape {tuple(wave.shape)}; give (T,), "
+                            f"(T, channels) or (channels, T) with at most {_MAX_CHANNELS} channels")
+        wave = wave.mean(dim=channel_axis)
     if wave.dim() != 1:
-        raise DataError(f"{where}: expected samples as (T,) or (T, channels), got shape {tuple(wave.shape)}")
+        raise DataError(f"{where}: expected samples as (T,), (T, channels) or (channels, T), "
+                        f"got shape {tuple(wave.shape)}")
     if wave.numel() == 0:
         raise DataError(f"{where}: empty audio (no samples)")
     if not bool(torch.isfinite(wave).all()):

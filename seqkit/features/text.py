@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, models, trainers
 from torch import Tensor, nn
 
 from ..errors import SeqkitError
+from ..recipe import bounded
 
 __all__ = ["TextVocab", "TokenEmbedder", "TokenFeatures", "split_text"]
 
@@ -24,13 +25,13 @@ __all__ = ["TextVocab", "TokenEmbedder", "TokenFeatures", "split_text"]
 class TokenFeatures:
     """Options of the ``tokens`` front-end: token (and character-bigram) embeddings."""
 
-    embedding_dim: int = 100
-    bigram_dim: int = 0  # embedding of each bigram t[i]t[i+1]; 0: none
-    min_freq: int = 1
-    bigram_min_freq: int = 2
-    max_vocab: int = 0  # keep only the most frequent tokens; 0: no cap
-    bigram_max_vocab: int = 0  # keep only the most frequent bigrams; 0: no cap
-    dropout: float = 0.0  # on the embeddings
+    embedding_dim: int = bounded(100, ge=1)
+    bigram_dim: int = bounded(0, ge=0)  # embedding of each bigram t[i]t[i+1]; 0: none
+    min_freq: int = bounded(1, ge=1)
+    bigram_min_freq: int = bounded(2, ge=1)
+    max_vocab: int = bounded(0, ge=0)  # keep only the most frequent tokens; 0: no cap
+    bigram_max_vocab: int = bounded(0, ge=0)  # keep only the most frequent bigrams; 0: no cap
+    dropout: float = bounded(0.0, ge=0, lt=1)  # on the embeddings
     lowercase: bool = False
 
 PAD, UNK = "[PAD]", "[UNK]"

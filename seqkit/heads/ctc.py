@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..errors import SeqkitError
+from ..recipe import bounded
 
 __all__ = ["BLANK", "CTC", "CTCOptions", "CTCVocab", "error_rates"]
 
@@ -110,10 +111,10 @@ class CTCVocab:
 class CTCOptions:
     """Options of the ``ctc`` head."""
 
-    dropout: float = 0.0  # on the encoder output before scoring
+    dropout: float = bounded(0.0, ge=0, lt=1)  # on the encoder output before scoring
     vocab: Literal["chars", "bpe"] = "chars"  # output units: characters or BPE pieces
-    bpe_size: int = 256  # BPE vocabulary size (HF tokenizers, trained on the training text)
-    beam_size: int = 16  # beam width of the final report and `seqkit evaluate` (0: greedy only)
+    bpe_size: int = bounded(256, ge=2)  # BPE vocabulary size (HF tokenizers, trained on the training text)
+    beam_size: int = bounded(16, ge=0)  # beam width of the final report and `seqkit evaluate` (0: greedy only)
     lexicon: Optional[str] = None  # word list (or "train": the training words); beam search outputs only these
 
 

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..recipe import bounded
+
 __all__ = ["LMHead", "LMHeadOptions"]
 
 
@@ -20,7 +22,7 @@ class LMHeadOptions:
     """Options of the ``lm`` head."""
 
     tie_weights: bool = True  # share the output matrix with the input embedding (Press & Wolf; Inan et al.)
-    dropout: float = 0.0  # on the encoder output before scoring (locked over time: AWD-LSTM's dropout)
+    dropout: float = bounded(0.0, ge=0, lt=1)  # on the encoder output, locked over time (AWD-LSTM)
 
 
 class LMHead(nn.Module):

@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..recipe import bounded
 from .crf import CRF
 from .scheme import allowed_transitions
 
@@ -25,7 +26,7 @@ class TaggerOptions:
 
     crf: bool = True  # a linear-chain CRF (else a softmax per position)
     scheme: Literal["auto", "BIO", "BIOES"] = "auto"  # auto: detected from the training tags
-    dropout: float = 0.0  # on the encoder output before scoring
+    dropout: float = bounded(0.0, ge=0, lt=1)  # on the encoder output before scoring
 
 
 class Tagger(nn.Module):

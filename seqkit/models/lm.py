@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from ..data.lm import TextCorpus, read_text
 from ..errors import RecipeError, SeqkitError
 from ..features.lm_vocab import LMVocab
-from ..recipe import Recipe
+from ..recipe import Recipe, bounded
 from ..regularize import embedding_dropout, locked_dropout
 from ..sampling import sample_steps
 from ..tasks import (
@@ -38,7 +38,9 @@ from ..tasks import (
     head_class,
     load_splits,
     persist_vocab,
+    read_vocab,
     seed_everything,
+    text_inputs,
 )
 
 __all__ = ["LMBatch", "LanguageModel", "LanguageModelTask", "LanguageModelOptions", "stream_batches"]
@@ -50,11 +52,11 @@ IGNORE = -100
 class LanguageModelOptions:
     """Options of the ``language-model`` task."""
 
-    bptt: int = 70  # tokens per training chunk (truncated backpropagation through time)
+    bptt: int = bounded(70, ge=2)  # tokens per training chunk (truncated backpropagation through time)
     random_bptt: bool = True  # vary the chunk length as AWD-LSTM does (bptt, or bptt/2 with p 0.05; +- N(0, 5))
-    eval_streams: int = 10  # parallel streams the valid/test text is cut into (1: one unbroken stream)
+    eval_streams: int = bounded(10, ge=1)  # parallel streams the valid/test text is cut into (1: one unbroken stream)
     baseline: Literal["none", "kenlm"] = "none"  # kenlm: modified Kneser-Ney n-gram on the same tokens, reported beside
-    baseline_order: int = 5
+    baseline_order: int = bounded(5, ge=1)
 
 
 @dataclass
@@ -222,8 +224,7 @@ class LanguageModel(nn.Module):
     def score(self, texts: Union[str, Sequence[str]]) -> Union[dict[str, Any], list[dict[str, Any]]]:
         """Log-probability (natural log) of each text and its perplexity per token, each text read
         from a fresh state after a line break and ending with ``<eos>``."""
-        single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
+        items, single = text_inputs(texts, "score")
         self.eval()
         device, results = self._device(), []
         for text in items:
@@ -243,8 +244,7 @@ class LanguageModel(nn.Module):
         if not self.split:
             raise SeqkitError("embed needs a bidirectional language model (encoder.directions: split); this one "
                               "reads left to right only — use score or generate")
-        single = isinstance(texts, str)
-        items = [texts] if single else list(texts)
+        items, single = text_inputs(texts, "embed")
         self.eval()
         results = []
         for text in items:
@@ -342,7 +342,8 @@ class LanguageModelTask(Task):
         return Prepared(model, train_batches, evaluation.get("valid"), evaluation.get("test"), final_eval=final_eval)
 
     def build_model(self, recipe: Recipe, run_dir: Path) -> LanguageModel:
-        return LanguageModel(recipe, LMVocab.load(run_dir / "vocab"), head_class(recipe))
+        vocab = read_vocab(run_dir / "vocab", LMVocab.load, marker="lm_vocab.json")
+        return LanguageModel(recipe, vocab, head_class(recipe))
 
     def evaluate_data(self, model: nn.Module, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
         assert isinstance(model, LanguageModel)

@@ -45,6 +45,7 @@ from ..tasks import (
     length_groups,
     load_splits,
     persist_vocab,
+    read_vocab,
     recipe_base,
     resolve_path,
     seed_everything,
@@ -206,7 +207,7 @@ class SpeechModel(nn.Module):
         """Transcribe audio files (WAV/FLAC/OGG, any rate) or sample arrays.
 
         Args:
-            audio: a path, a (T,) or (T, channels) array or tensor, or a list of those.
+            audio: a path, a (T,), (T, channels) or (channels, T) array or tensor, or a list of those.
             sample_rate: the rate of arrays (required for them); files carry their own.
             beam: beam width of the CTC beam search; 0 decodes greedily.
             batch_size: utterances per forward pass (sorted by duration).
@@ -426,7 +427,7 @@ class TranscriptionTask(Task):
         return _prepare(recipe, run_dir, log=log)
 
     def build_model(self, recipe: Recipe, run_dir: Path) -> SpeechModel:
-        vocab = CTCVocab.load(run_dir / "vocab")
+        vocab = read_vocab(run_dir / "vocab", CTCVocab.load, marker="units.json")
         return SpeechModel(recipe, vocab, head_class(recipe), _lexicon(recipe, run_dir / "vocab"))
 
     def evaluate_data(self, model: nn.Module, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:

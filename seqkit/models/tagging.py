@@ -25,12 +25,15 @@ from ..tasks import (
     Prepared,
     Task,
     build_encoder,
+    check_batch_size,
     epoch_order,
     head_class,
     length_groups,
     load_splits,
     persist_vocab,
+    read_vocab,
     seed_everything,
+    text_inputs,
 )
 
 __all__ = ["TagBatch", "TaggingModel", "TaggingTask", "make_batches", "normalise_tags"]
@@ -156,13 +159,20 @@ class TaggingModel(nn.Module):
         return ids, big, tags
 
     @torch.inference_mode()
-    def tag(self, texts: Sequence[Union[str, Sequence[str]]], *, batch_size: int = 64) -> list[dict[str, Any]]:
+    def tag(self, texts: Union[str, Sequence[Union[str, Sequence[str]]]], *,
+            batch_size: int = 64) -> Union[dict[str, Any], list[dict[str, Any]]]:
         """Tag raw strings (tokenised as in training) or pre-tokenised lists.
 
         Returns one dict per input: ``tokens``, ``tags`` and ``entities`` (``type``, ``text``,
         ``start``, ``end``); offsets count characters of a raw string (end exclusive) and
-        tokens of a pre-tokenised input.
+        tokens of a pre-tokenised input. One string in, one dict out.
         """
+        texts, single = text_inputs(texts, "tag", tokens=True)
+        check_batch_size(batch_size)
+        results = self._tag(texts, batch_size)
+        return results[0] if single else results
+
+    def _tag(self, texts: list[Union[str, Sequence[str]]], batch_size: int) -> list[dict[str, Any]]:
         self.eval()
         device = next(self.parameters()).device
         token_lists, offsets = [], []
@@ -288,7 +298,7 @@ class TaggingTask(Task):
         return _prepare(recipe, run_dir, log=log)
 
     def build_model(self, recipe: Recipe, run_dir: Path) -> TaggingModel:
-        vocab = TextVocab.load(run_dir / "vocab")
+        vocab = read_vocab(run_dir / "vocab", TextVocab.load, marker="vocab.json")
         return TaggingModel(recipe, vocab, head_class(recipe), _scheme(recipe, vocab.labels))
 
     def evaluate_data(self, model: nn.Module, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:

@@ -21,10 +21,10 @@ DIGITS = "0123456789"
 
 @dataclass
 class DigitsConfig:
-    train: int = 2000  # strings per split
-    valid: int = 200
-    test: int = 200
-    min_length: int = 3
+    train: int = seqkit.bounded(2000, ge=1)  # strings per split (a value out of range: one clear error)
+    valid: int = seqkit.bounded(200, ge=1)
+    test: int = seqkit.bounded(200, ge=1)
+    min_length: int = seqkit.bounded(3, ge=1)
     max_length: int = 12
     seed: int = 0
 
