@@ -158,7 +158,10 @@ def resume_recipe(recipe: Recipe, run_dir: Path, overrides: tuple[str, ...] | li
 def run_folder_lock(out: Path):
     """Hold an OS lock on ``out`` (released when the process ends, however it ends), or refuse at
     once when another process holds it."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SeqkitError(f"{out}: cannot create the run folder ({exc.strerror or exc})") from None
     path = out / LOCK_FILE
     try:
         import fcntl
@@ -177,13 +180,19 @@ def run_folder_lock(out: Path):
             holder = handle.read().strip() or "another process"
             raise SeqkitError(f"{out}: in use by another seqkit run ({holder}); wait for it to finish or "
                               "choose another --out") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
-        handle.flush()
+        try:  # who holds it, for the message above; a full disk only loses the note
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
+        except OSError:
+            pass
         yield
     finally:
-        handle.close()  # closing releases the lock
+        try:
+            handle.close()  # closing releases the lock
+        except OSError:
+            pass
 
 
 def _prepare_folder(out: Path, *, resume: bool, log) -> bool:

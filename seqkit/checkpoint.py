@@ -68,11 +68,16 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             handle.flush()
             os.fsync(handle.fileno())
 
-    _atomic_write(path, path.with_suffix(".tmp"), write_tensors)
     readable = {key: value for key, value in payload.items() if key != "rng"}
     text = json.dumps(readable, indent=2, sort_keys=True) + "\n"
-    _atomic_write(path.with_suffix(".json"), path.with_suffix(".json.tmp"),
-                  lambda tmp: _write_text(tmp, text))
+    try:
+        _atomic_write(path, path.with_suffix(".tmp"), write_tensors)
+        _atomic_write(path.with_suffix(".json"), path.with_suffix(".json.tmp"),
+                      lambda tmp: _write_text(tmp, text))
+    except (OSError, SafetensorError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+        raise SeqkitError(f"{path}: could not write the checkpoint ({reason}); the previous one is kept: free "
+                          "some space, then continue with --resume") from None
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -174,7 +179,7 @@ def _atomic_write(path: Path, tmp: Path, write) -> None:
         except OSError:
             pass
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _write_text(tmp: Path, text: str) -> None:
@@ -184,7 +189,8 @@ def _write_text(tmp: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (where the OS allows)."""
     # Makes the rename itself durable; not possible on every OS, and harmless to skip there.
     try:
         fd = os.open(folder, os.O_RDONLY)

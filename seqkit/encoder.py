@@ -161,6 +161,29 @@ class Encoder(nn.Module):
             f"batch_first={self.batch_first}, engine={'fused' if self.fused else 'generic'}"
         )
 
+    def _generic(self, layer: int, cells, streams, lens, h0s, ws):
+        """One layer on the generic engine. A plugin cell that fails, or returns outputs or states
+        of the wrong width, is one error naming it instead of a shape error deep in torch."""
+        entry = registry.cells.entries().get(self.cell_name)
+        plugin = entry.plugin if entry is not None else None
+        builtin = plugin is None or plugin.startswith("seqkit.")
+        where = f"cell {self.cell_name!r}" + (f" (plugin {plugin})" if plugin else "")
+        hint = "check it with seqkit.testing.check_cell (docs/cells.md)"
+        try:
+            results = generic_layer(cells, streams, lens, h0s, ws)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            if builtin:
+                raise
+            text = " ".join(str(exc).split())[:200]
+            raise SeqkitError(f"{where} failed in layer {layer}: {type(exc).__name__}: {text}; {hint}") from exc
+        if not builtin:
+            for out, final in results:
+                widths = {out.shape[-1], *(t.shape[-1] for t in final)}
+                if widths != {self.hidden_size}:
+                    raise SeqkitError(f"{where} returned outputs or states of width {sorted(widths)} in layer "
+                                      f"{layer}, expected {self.hidden_size} (hidden_size); {hint}")
+        return results
+
     def forward(
         self, x: Tensor, lengths: Optional[Tensor] = None, state: Optional[State] = None
     ) -> tuple[Tensor, State]:
@@ -307,7 +330,7 @@ class Encoder(nn.Module):
             if self.fused:
                 results = [_fused_direction(c, i, lens, h, w) for c, i, h, w in zip(cells, streams, h0s, ws)]
             else:
-                results = generic_layer(cells, streams, lens, h0s, ws)
+                results = self._generic(layer, cells, streams, lens, h0s, ws)
             finals += [final for _, final in results]
             outs = [out for out, _ in results]  # (L, N, H) each, in its direction's own time
             if layer == self.num_layers - 1:

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from . import registry
+from .checkpoint import fsync_dir
 from .errors import RecipeError, SeqkitError
 from .recipe import NoOptions
 
@@ -259,7 +260,7 @@ def persist_vocab(run_dir: Optional[Path], marker: str, build: Callable[[], V], 
             if path.is_file():
                 _fsync_file(path)
             os.replace(path, folder / path.name)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as exc:
         raise SeqkitError(f"{folder}: could not save the vocabulary ({exc.strerror or exc}); "
                           "free some space or choose another --out") from None
@@ -352,7 +353,7 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise SeqkitError(f"{path}: could not write it ({exc.strerror or exc})") from None
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -363,19 +364,6 @@ def write_json(path: Path, data: Any) -> None:
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _remove_tree(path: Path) -> None:

@@ -594,8 +594,12 @@ class Trainer:
     def _write_log(self, record: dict) -> None:
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in record.items()}  # NaN is not valid JSON
-        self._log.write(json.dumps(clean) + "\n")
-        self._log.flush()
+        try:
+            self._log.write(json.dumps(clean) + "\n")
+            self._log.flush()
+        except OSError as exc:
+            raise SeqkitError(f"{self.metrics_path}: could not write ({exc.strerror or exc}); the last checkpoint "
+                              "is kept: free some space, then continue with --resume") from None
         self.state.metrics_lines += 1
 
     def _install_sigint(self):

@@ -101,7 +101,7 @@ def _crash_save(monkeypatch: pytest.MonkeyPatch, path: Path, how: str) -> None:
         def failing_replace(src, dst):
             raise OSError("power cut")
         monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(SeqkitError, match=r"could not write the checkpoint .* the previous one is kept"):
         save_checkpoint(path, _model(seed=5), None, {"version": 2})
     monkeypatch.undo()
 

@@ -31,6 +31,7 @@ from seqkit.cli import cli
 from seqkit.errors import DataError, RecipeError, SeqkitError
 from seqkit.features.audio import as_waveform
 from seqkit.recipe import EncoderConfig, Recipe, TrainConfig, component_config
+from tests.test_cli import _wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL = ROOT / "recipes" / "ner" / "conll.yaml"
@@ -591,15 +592,6 @@ def test_broken_plugins_do_not_break_the_cli_or_the_api(plugin_site):
 # -- signals ---------------------------------------------------------------------------------
 
 
-def _wait_for(path: Path, timeout: float = 180) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if path.exists():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{path} did not appear")
-
-
 def test_sigterm_saves_and_exits_143_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
     base = [sys.executable, "-m", "seqkit", "recipe", "run", str(CONLL), "--out", str(out), "--no-progress", *SETS]
@@ -617,22 +609,176 @@ def test_sigterm_saves_and_exits_143_and_resume_finishes(tmp_path):
     assert done.returncode == 0, done.stderr
 
 
-def test_ctrl_c_while_data_loads_exits_130_without_a_traceback(tmp_path):
-    """An interrupt outside the training loop (here: while the recipe's data is read) is 130."""
-    slow = tmp_path / "slow.py"
-    slow.write_text(textwrap.dedent(f"""
-        import os, signal, sys, threading
-        import seqkit.data.conll as conll
-        real = conll.load_text
-        def load_text(path):
-            os.kill(os.getpid(), signal.SIGINT)
-            return real(path)
-        conll.load_text = load_text
-        from seqkit.cli import main
-        sys.argv = ["seqkit", "recipe", "run", {str(CONLL)!r}, "--out", {str(tmp_path / 'o')!r}, "--no-progress"]
-        main()
-        """), encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(slow)], capture_output=True, text=True, timeout=300,
+_PATCHED_RUN = """
+import os, signal, sys
+import seqkit.data.conll as conll
+import seqkit.train as train
+SIG = signal.{sig}
+
+def hit():
+    os.kill(os.getpid(), SIG)
+
+if "{phase}" == "data":
+    real_load = conll.load_text
+    def load_text(path):
+        hit()
+        return real_load(path)
+    conll.load_text = load_text
+else:  # the final evaluation on the test split, after training has finished
+    real_evaluate = train.Trainer.evaluate
+    def evaluate(self, *args, **kwargs):
+        hit()
+        return real_evaluate(self, *args, **kwargs)
+    train.Trainer.evaluate = evaluate
+from seqkit.cli import main
+sys.argv = ["seqkit", "recipe", "run", {recipe!r}, "--out", {out!r}, "--no-progress", *{sets!r}]
+main()
+"""
+
+
+@pytest.mark.parametrize("phase", ["data", "final-eval"])
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_a_signal_outside_the_training_loop_is_a_clean_exit(tmp_path, phase, sig, code):
+    """An interrupt while the data is read, or during the final test evaluation, exits 130 (Ctrl-C)
+    or 143 (SIGTERM) with one line, no traceback; after training, the checkpoints are kept and
+    --resume only has the evaluation left to do."""
+    out = tmp_path / "o"
+    script = tmp_path / "run.py"
+    script.write_text(_PATCHED_RUN.format(sig=sig, phase=phase, recipe=str(CONLL), out=str(out),
+                                          sets=[*SETS, "--set", "train.epochs=2"]), encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "SEQKIT_LOAD_PLUGINS": "0"})
-    assert proc.returncode == 130, proc.stderr
-    assert "error: interrupted" in proc.stderr and "Traceback" not in proc.stderr and "Aborted" not in proc.stderr
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and "Aborted" not in proc.stderr
+    assert ("error: interrupted" if sig == "SIGINT" else "error: terminated") in proc.stderr
+    if phase == "final-eval":
+        assert (out / "checkpoints" / "last.safetensors").exists() and not (out / "metrics.json").exists()
+        done = _cli(["recipe", "run", CONLL, "--out", out, "--no-progress", "--resume", *SETS,
+                     "--set", "train.epochs=2"])
+        assert done.exit_code == 0 and (out / "metrics.json").exists()
+
+
+def test_a_read_only_run_folder_serves_models_and_refuses_training_in_one_line(small_disk):
+    out = small_disk / "run"
+    first = _cli(["recipe", "run", CONLL, "--out", out, "--no-progress", *SETS, "--set", "train.max_steps=3"])
+    assert first.exit_code == 0, first.output
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True, text=True)
+    if remount.returncode != 0:
+        pytest.skip(f"cannot remount read-only here ({remount.stderr.strip()})")
+    assert _cli(["tag", out, "Ada Brook moved to Paris"]).exit_code == 0
+    assert _cli(["evaluate", out]).exit_code == 0
+    _one_error(_cli(["recipe", "run", CONLL, "--out", out, "--no-progress", "--resume", *SETS]), 2,
+               "Read-only file system")
+    _one_error(_cli(["recipe", "run", CONLL, "--out", small_disk / "new", "--no-progress", *SETS]), 2,
+               "Read-only file system")
+
+
+def test_a_scheme_other_than_the_files_converts_every_split(tmp_path):
+    """head.scheme: BIOES on BIO files re-encodes train, valid and test span by span (it used to
+    'repair' every BIO sentence and then stop at an I- tag of the validation file)."""
+    from seqkit.data.conll import read_conll
+    from seqkit.metrics.spans import spans
+    from seqkit.models.tagging import in_scheme
+
+    result = _cli(["recipe", "run", CONLL, "--out", tmp_path / "r", "--no-progress", *SETS,
+                   "--set", "head.scheme=BIOES", "--set", "train.max_steps=2"])
+    assert result.exit_code == 0, result.output
+    assert "scheme BIOES (converted from the files' BIO)" in result.stderr
+    assert "; 0 ill-formed tag sequences repaired" in result.stderr
+    valid = read_conll(CONLL.parent / "example" / "valid.conll").sentences
+    converted = in_scheme(valid, "BIOES")
+    assert any(t.startswith(("E-", "S-")) for _, tags in converted for t in tags)
+    assert [spans(t, "BIOES") for _, t in converted] == [spans(t, "BIO") for _, t in valid]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MiB tmpfs of its own (root and CAP_SYS_ADMIN needed; skipped otherwise)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here ({proc.stderr.strip() or 'mount failed'})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _fill(folder: Path, leave: int = 0) -> Path:
+    """Fill the filesystem of ``folder``, then give back ``leave`` bytes."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    if leave:
+        os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(small_disk):
+    out = small_disk / "run"
+    first = _cli(["recipe", "run", CONLL, "--out", out, "--no-progress", *SETS, "--set", "train.max_steps=3"])
+    assert first.exit_code == 0, first.output
+    last = (out / "checkpoints" / "last.safetensors").read_bytes()
+    filler = _fill(small_disk, leave=16384)  # room for recipe.yaml and log lines, not a checkpoint
+    more = ["--no-progress", "--resume", *SETS, "--set", "train.max_steps=30"]
+    full = _cli(["recipe", "run", CONLL, "--out", out, *more])
+    _one_error(full, 2, "No space left on device", "--resume")
+    assert (out / "checkpoints" / "last.safetensors").read_bytes() == last  # the old one, whole
+    assert not [p for p in (out / "checkpoints").iterdir() if p.suffix == ".tmp"]
+    filler.unlink()
+    done = _cli(["recipe", "run", CONLL, "--out", out, *more])
+    assert done.exit_code == 0, done.output
+
+
+def test_a_full_disk_before_the_vocabulary_is_saved(small_disk):
+    _fill(small_disk)
+    out = small_disk / "run"
+    result = _cli(["recipe", "run", CONLL, "--out", out, "--no-progress", *SETS])
+    line = _one_error(result, 2, str(out))
+    assert "No space left on device" in line or "could not" in line
+    assert not (out / "vocab" / "vocab.json").exists()
+
+
+class _WrongWidth(seqkit.Cell):
+    """A plugin cell with a bug: its output is one wider than hidden_size."""
+
+    def __init__(self, input_size, hidden_size):
+        super().__init__(input_size, hidden_size)
+        self.lin = torch.nn.Linear(input_size + hidden_size, hidden_size + 1)
+
+    def forward(self, x, state):
+        out = self.lin(torch.cat([x, state[0]], -1))
+        return out, (out,)
+
+
+class _WrongState(_WrongWidth):
+    """Another bug: the state it returns is narrower than the one it got."""
+
+    def __init__(self, input_size, hidden_size):
+        seqkit.Cell.__init__(self, input_size, hidden_size)
+        self.lin = torch.nn.Linear(input_size + hidden_size, hidden_size)
+
+    def forward(self, x, state):
+        out = self.lin(torch.cat([x, state[0]], -1))
+        return out, (out[..., :-1],)
+
+
+@pytest.mark.parametrize("cell", [_WrongWidth, _WrongState])
+def test_a_plugin_cell_with_wrong_shapes_is_one_error_naming_it(register_plugin, cell):
+    class Plugin:
+        @seqkit.hookimpl
+        def register_cells(self, register):
+            register("buggy", cell)
+
+    register_plugin(Plugin(), name="seqkit-buggy")
+    enc = seqkit.Encoder(4, 3, cell="buggy", num_layers=2, bidirectional=False, batch_first=True)
+    with pytest.raises(SeqkitError, match=r"cell 'buggy' \(plugin seqkit-buggy\) .*layer 0.*check_cell"):
+        enc(torch.randn(2, 5, 4), torch.tensor([5, 3]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import warnings
 
@@ -10,6 +11,14 @@ import click
 from ..errors import SeqkitError
 
 __all__ = ["cli", "main"]
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (which saves first and exits 143 itself)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 class _Group(click.Group):
@@ -68,6 +77,9 @@ class _Group(click.Group):
                 raise
             click.echo("\nerror: interrupted", err=True)
             sys.exit(130)
+        except Terminated:
+            click.echo("\nerror: terminated (SIGTERM)", err=True)
+            sys.exit(143)
         except SeqkitError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -95,4 +107,5 @@ from . import bench, commands, recipe  # noqa: E402,F401  (they attach their com
 
 def main() -> None:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    signal.signal(signal.SIGTERM, _on_sigterm)  # a clean exit 143 anywhere; training saves first
     cli(prog_name="seqkit")

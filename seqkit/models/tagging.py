@@ -92,10 +92,12 @@ def make_batches(
     return [collate(pick(ids, g), pick(bigrams, g), pick(tags, g), g) for g in groups]
 
 
-def normalise_tags(tags: Sequence[str], scheme: str) -> list[str]:
-    """Re-encode a tag sequence through its spans so it obeys ``scheme`` (the CRF needs valid gold)."""
+def normalise_tags(tags: Sequence[str], scheme: str, source: Optional[str] = None) -> list[str]:
+    """Re-encode a tag sequence through its spans (read in ``source``, default ``scheme``) so it
+    obeys ``scheme``: repairs ill-formed sequences (the CRF needs valid gold) and converts BIO to
+    BIOES or back without changing a span."""
     out = ["O"] * len(tags)
-    for kind, start, end in spans(tags, scheme):
+    for kind, start, end in spans(tags, source or scheme):
         if scheme == "BIOES" and end - start == 1:
             out[start] = f"S-{kind}"
             continue
@@ -105,6 +107,15 @@ def normalise_tags(tags: Sequence[str], scheme: str) -> list[str]:
         if scheme == "BIOES":
             out[end - 1] = f"E-{kind}"
     return out
+
+
+def in_scheme(sentences: Sequence[tuple[list[str], list[str]]], scheme: str) -> list[tuple[list[str], list[str]]]:
+    """Held-out sentences with their gold tags in ``scheme``: converted span by span when the
+    file is written in the other scheme (a BIO file scored by a BIOES model), else as written."""
+    written = detect_scheme(t for _, tags in sentences for t in tags)
+    if written == scheme:
+        return list(sentences)
+    return [(words, normalise_tags(tags, scheme, written)) for words, tags in sentences]
 
 
 class TaggingModel(nn.Module):
@@ -247,15 +258,17 @@ def _prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     if not train:
         raise SeqkitError(f"{splits['train'].path}: no training sentences")
     scheme = _scheme(recipe, (t for _, tags in train for t in tags))
-    fixed = [(w, normalise_tags(t, scheme)) for w, t in train]
-    repaired = sum(1 for (_, a), (_, b) in zip(train, fixed) if a != b)
+    written = detect_scheme(t for _, tags in train for t in tags)  # the scheme the file uses
+    fixed = [(w, normalise_tags(t, scheme, written)) for w, t in train]
+    repaired = sum(1 for _, tags in train if normalise_tags(tags, written) != list(tags))
     if recipe.train.max_length > 0:
         fixed = _chunk(fixed, recipe.train.max_length)
     vocab = persist_vocab(run_dir, "vocab.json", lambda: TextVocab.build(fixed, recipe.features, recipe.data.tokenize),
                           TextVocab.load, TextVocab.save)
     log(
         f"data: {len(fixed)} train / {len(splits['valid'].sentences)} valid / "
-        f"{len(splits['test'].sentences)} test sentences; scheme {scheme}; "
+        f"{len(splits['test'].sentences)} test sentences; scheme {scheme}"
+        + (f" (converted from the files' {written})" if written != scheme else "") + "; "
         f"{vocab.tokens.get_vocab_size()} tokens"
         + (f", {vocab.bigrams.get_vocab_size()} bigrams" if vocab.bigrams is not None else "")
         + f"; {len(vocab.labels)} tags; {repaired} ill-formed tag sequences repaired; "
@@ -268,8 +281,9 @@ def _prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     held = {}
     for name in ("valid", "test"):
         corpus = splits[name]
-        held[name] = (make_batches(*model.encode_corpus(corpus.sentences, f"{corpus.path}: "),
-                                   cfg.eval_batch_size) if corpus.sentences else None)
+        sentences = in_scheme(corpus.sentences, scheme)
+        held[name] = (make_batches(*model.encode_corpus(sentences, f"{corpus.path}: "),
+                                   cfg.eval_batch_size) if sentences else None)
     return Prepared(
         model,
         lambda epoch: make_batches(ids, big, tags, cfg.batch_size, **epoch_order(cfg, epoch)),
@@ -326,6 +340,6 @@ def _evaluate_data(model: TaggingModel, data: Optional[Path], *, batch_size: int
     if not corpus.sentences:
         raise SeqkitError(f"{corpus.path}: no sentences to evaluate")
     results = model.tag([words for words, _ in corpus.sentences], batch_size=batch_size)
-    gold = [tags for _, tags in corpus.sentences]
+    gold = [tags for _, tags in in_scheme(corpus.sentences, model.scheme)]
     metrics = span_scores(gold, [r["tags"] for r in results], model.scheme)
     return {**metrics, "sentences": len(corpus.sentences), "data": str(corpus.path)}
