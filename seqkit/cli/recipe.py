@@ -75,10 +75,13 @@ def recipe_validate(recipe: Path, overrides: tuple[str, ...]) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last checkpoint, with the run's own recipe.yaml "
-                   "(--set may change only train.epochs, train.max_steps and train.patience).")
+                   "(--set may change how long to train, the device, threads and logging).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
 def recipe_run(recipe: Path, out: Path, overrides: tuple[str, ...], resume: bool, no_progress: bool) -> None:
-    """Train RECIPE, evaluate the best checkpoint on the test split, write OUT/metrics.json."""
+    """Train RECIPE, evaluate the best checkpoint on the test split, write OUT/metrics.json.
+
+    OUT is locked while the run writes to it. A fresh run refuses a folder that holds a trained
+    model (use --resume, or another --out); Ctrl-C or SIGTERM saves a checkpoint first."""
     from ..build import RECIPE_FILE, resume_recipe, run_recipe
 
     resolved = Recipe.load(recipe, overrides)
