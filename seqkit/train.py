@@ -175,6 +175,7 @@ class Trainer:
         self._t0 = self._window_t0 = time.perf_counter()
         self._items = 0
         self._stop_requested = False
+        self.stop_signal = None
         self._last_valid = {}
         previous = self._install_sigint()
         try:

@@ -782,3 +782,25 @@ def test_a_plugin_cell_with_wrong_shapes_is_one_error_naming_it(register_plugin,
     enc = seqkit.Encoder(4, 3, cell="buggy", num_layers=2, bidirectional=False, batch_first=True)
     with pytest.raises(SeqkitError, match=r"cell 'buggy' \(plugin seqkit-buggy\) .*layer 0.*check_cell"):
         enc(torch.randn(2, 5, 4), torch.tensor([5, 3]))
+
+
+@pytest.mark.parametrize(("make", "needle"), [
+    (lambda p: None, "file not found"),
+    (lambda p: p.mkdir(), "not a regular file"),
+    (lambda p: os.mkfifo(p), "not a regular file"),
+    (lambda p: p.write_bytes(b"good line\nbad \xff\xfe line\n"), "could not read it as UTF-8"),
+])
+def test_bad_language_model_text_is_one_error(tmp_path, make, needle):
+    from seqkit.data.lm import read_text
+
+    path = tmp_path / "text.txt"
+    make(path)
+    with pytest.raises(DataError, match=needle) as info:
+        read_text(path, tmp_path / "cache")
+    assert str(info.value).startswith(str(path))
+
+
+def test_a_missing_benchmark_file_is_one_line_with_its_source(tmp_path):
+    recipe = ROOT / "recipes" / "lm" / "ptb.yaml"
+    _one_error(_cli(["recipe", "validate", recipe, "--set", f"data.train={tmp_path / 'ptb.train.txt'}"]), 2,
+               "data.train", "ptb.train.txt", "locuslab/TCN")

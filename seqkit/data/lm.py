@@ -120,6 +120,10 @@ def read_text(path: Path, cache: Optional[Path] = None) -> list[str]:
 
     The ``text`` loader is packaged with ``datasets`` and reads local files only: it makes no
     network request, online or offline, so the caller's HF settings are left alone."""
+    if not path.exists():
+        raise DataError(f"{path}: file not found; check the path")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file; give the path of a text file")
     if path.stat().st_size == 0:
         return []  # datasets refuses to build a table from an empty file
     import datasets  # ~0.8 s to import: only when a text file is read

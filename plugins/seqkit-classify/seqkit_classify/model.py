@@ -1,0 +1,351 @@
+"""The classification task: words -> embeddings -> the shared encoder -> a pooling head -> classes.
+
+Heads pool the encoder's outputs over time: ``mean``, ``max``, ``last`` (the last real step of a
+forward encoder, with the first step of the backward half when there is one) or ``attention``:
+additive (Bahdanau-style) attention, ``score_t = v . tanh(W h_t)``, softmax over the real steps,
+with ``heads`` independent attention distributions concatenated (structured self-attention,
+Lin et al. 2017). Single-label classification uses a softmax; ``multi_label`` one sigmoid a class.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import seqkit
+from seqkit.tasks import (
+    ModelOutput,
+    Prepared,
+    Task,
+    build_encoder,
+    check_batch_size,
+    epoch_order,
+    head_class,
+    length_groups,
+    load_splits,
+    persist_vocab,
+    read_vocab,
+    seed_everything,
+    text_inputs,
+)
+
+from .data import TASK, Examples
+
+PAD, UNK = "<pad>", "<unk>"
+_TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
+
+
+def tokenize(text: str, lowercase: bool = True) -> list[str]:
+    """Words and punctuation marks (MR is already tokenised; this also splits raw text)."""
+    return _TOKEN.findall(text.lower() if lowercase else text)
+
+
+# -- vocabulary --------------------------------------------------------------------------------
+
+
+@dataclass
+class Vocab:
+    tokens: list[str]  # index -> token; 0 is <pad>, 1 is <unk>
+    labels: list[str]
+    lowercase: bool = True
+
+    def __post_init__(self) -> None:
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        self.label_index = {label: i for i, label in enumerate(self.labels)}
+
+    @classmethod
+    def build(cls, data: Examples, min_count: int, max_vocab: int, lowercase: bool) -> "Vocab":
+        counts = Counter(t for text in data.texts for t in tokenize(text, lowercase))
+        words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+        if max_vocab:
+            words = words[:max_vocab]
+        labels = sorted({lab for item in data.labels for lab in (item if isinstance(item, list) else [item])})
+        return cls([PAD, UNK, *words], labels, lowercase)
+
+    def encode(self, text: str) -> tuple[list[str], list[int]]:
+        toks = tokenize(text, self.lowercase) or [UNK]
+        return toks, [self.index.get(t, 1) for t in toks]
+
+    def save(self, folder: Path) -> None:
+        (folder / "classify_vocab.json").write_text(json.dumps(
+            {"tokens": self.tokens, "labels": self.labels, "lowercase": self.lowercase}, ensure_ascii=False),
+            encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> "Vocab":
+        raw = json.loads((folder / "classify_vocab.json").read_text(encoding="utf-8"))
+        return cls(raw["tokens"], raw["labels"], raw["lowercase"])
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    ids: Tensor  # (N, L)
+    lengths: Tensor  # (N,)
+    targets: Optional[Tensor]  # (N,) class indices, or (N, C) 0/1 when multi-label
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.ids.to(device), self.lengths, None if self.targets is None else self.targets.to(device))
+
+    @property
+    def num_items(self) -> int:
+        return int(self.lengths.sum())
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def make_batch(ids: list[list[int]], targets: Optional[list]) -> Batch:
+    lengths = torch.tensor([len(x) for x in ids])
+    padded = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
+    for row, seq in enumerate(ids):
+        padded[row, : len(seq)] = torch.tensor(seq)
+    return Batch(padded, lengths, None if targets is None else torch.tensor(targets))
+
+
+# -- heads -------------------------------------------------------------------------------------
+
+
+@dataclass
+class PoolingOptions:
+    pool: Literal["attention", "mean", "max", "last"] = "attention"
+    heads: int = seqkit.bounded(1, ge=1)  # attention distributions, concatenated (structured self-attention)
+    attention_size: int = seqkit.bounded(64, ge=1)  # width of the tanh layer that scores each step
+    dropout: float = seqkit.bounded(0.0, ge=0, lt=1)  # on the pooled vector
+    multi_label: bool = False  # one sigmoid per class instead of a softmax over them
+
+
+class PoolingClassifier(nn.Module):
+    """Pool the encoder outputs ``(N, L, H)`` over the real steps, then score the classes."""
+
+    Config = PoolingOptions
+    task = TASK
+
+    def __init__(self, input_size: int, classes: int, *, pool: str = "attention", heads: int = 1,
+                 attention_size: int = 64, dropout: float = 0.0, directions: int = 1) -> None:
+        super().__init__()
+        self.pool, self.heads, self.directions = pool, heads, directions
+        if pool == "attention":
+            self.score = nn.Sequential(nn.Linear(input_size, attention_size), nn.Tanh(),
+                                       nn.Linear(attention_size, heads, bias=False))
+        width = input_size * (heads if pool == "attention" else 1)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(width, classes)
+
+    def forward(self, h: Tensor, lengths: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """Logits ``(N, C)`` and the attention weights ``(N, heads, L)`` (None for other pools)."""
+        mask = torch.arange(h.size(1), device=h.device) < lengths.to(h.device).unsqueeze(1)  # (N, L)
+        weights = None
+        if self.pool == "attention":
+            scores = self.score(h).masked_fill(~mask.unsqueeze(-1), float("-inf"))  # (N, L, heads)
+            weights = scores.softmax(dim=1).transpose(1, 2)  # (N, heads, L)
+            pooled = (weights @ h).flatten(1)  # (N, heads * H)
+        elif self.pool == "mean":
+            pooled = (h * mask.unsqueeze(-1)).sum(1) / lengths.to(h.device).unsqueeze(1)
+        elif self.pool == "max":
+            pooled = h.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+        else:  # last: the forward half's last real step (and the backward half's first step)
+            last = h[torch.arange(h.size(0), device=h.device), lengths.to(h.device) - 1]
+            if self.directions == 2:
+                half = h.size(-1) // 2
+                last = torch.cat([last[:, :half], h[:, 0, half:]], dim=-1)
+            pooled = last
+        return self.out(self.drop(pooled)), weights
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+class Classifier(nn.Module):
+    """Word embeddings, the shared encoder and a pooling head; ``classify(texts)`` for apps."""
+
+    def __init__(self, recipe: Any, vocab: Vocab) -> None:
+        super().__init__()
+        self.recipe, self.vocab = recipe, vocab
+        opts = recipe.task
+        self.multi_label = recipe.head.multi_label
+        self.embed = nn.Embedding(len(vocab.tokens), opts.embedding_dim, padding_idx=0)
+        self.embed_drop = nn.Dropout(opts.embedding_dropout)
+        self.encoder = build_encoder(recipe, opts.embedding_dim)
+        h = recipe.head
+        self.head = head_class(recipe)(self.encoder.output_size, len(vocab.labels), pool=h.pool, heads=h.heads,
+                                       attention_size=h.attention_size, dropout=h.dropout,
+                                       directions=2 if self.encoder.bidirectional else 1)
+
+    def embedding_tokens(self) -> tuple[nn.Embedding, list[str]]:
+        """For ``encoder.init_from``: the token embedding and its tokens (a seqkit LM's rows are copied)."""
+        return self.embed, self.vocab.tokens
+
+    def logits(self, batch: Batch) -> tuple[Tensor, Optional[Tensor]]:
+        out, _ = self.encoder(self.embed_drop(self.embed(batch.ids)), batch.lengths)
+        return self.head(out, batch.lengths)
+
+    def forward(self, batch: Batch, state=None) -> ModelOutput:
+        logits, _ = self.logits(batch)
+        if self.multi_label:
+            loss = F.binary_cross_entropy_with_logits(logits, batch.targets.float())
+        else:
+            loss = F.cross_entropy(logits, batch.targets)
+        return ModelOutput(loss)
+
+    @torch.inference_mode()
+    def evaluate(self, batches) -> dict[str, float]:
+        was = self.training
+        self.eval()
+        right = total = 0
+        loss = 0.0
+        for batch in batches:
+            batch = batch.to(next(self.parameters()).device)
+            logits, _ = self.logits(batch)
+            if self.multi_label:
+                loss += float(F.binary_cross_entropy_with_logits(logits, batch.targets.float(), reduction="sum"))
+                right += int(((logits > 0) == batch.targets.bool()).all(1).sum())
+            else:
+                loss += float(F.cross_entropy(logits, batch.targets, reduction="sum"))
+                right += int((logits.argmax(-1) == batch.targets).sum())
+            total += len(batch)
+        self.train(was)
+        return {"accuracy": 100.0 * right / max(total, 1), "loss": loss / max(total, 1)}
+
+    @torch.inference_mode()
+    def classify(self, texts, *, batch_size: int = 64):
+        """The class of each text with the probability of every class, the tokens and (attention
+        heads) their attention weights averaged over heads. One string in, one dict out."""
+        items, single = text_inputs(texts, "classify")
+        check_batch_size(batch_size)
+        self.eval()
+        device = next(self.parameters()).device
+        results = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start: start + batch_size]
+            encoded = [self.vocab.encode(t) for t in chunk]
+            logits, weights = self.logits(make_batch([ids for _, ids in encoded], None).to(device))
+            probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
+            for row, (toks, _) in enumerate(encoded):
+                p = {label: round(float(probs[row, i]), 4) for i, label in enumerate(self.vocab.labels)}
+                if self.multi_label:
+                    label: Any = [lab for lab, v in p.items() if v > 0.5]
+                else:
+                    label = max(p, key=p.get)
+                result = {"text": chunk[row], "label": label, "probs": p, "tokens": toks}
+                if weights is not None:
+                    result["attention"] = [round(float(w), 4) for w in weights[row].mean(0)[: len(toks)]]
+                results.append(result)
+        return results[0] if single else results
+
+
+# -- batching ----------------------------------------------------------------------------------
+
+
+def encode_split(vocab: Vocab, data: Examples, multi_label: bool) -> tuple[list[list[int]], list]:
+    ids = [vocab.encode(t)[1] for t in data.texts]
+    targets = []
+    for i, item in enumerate(data.labels):
+        names = item if isinstance(item, list) else [item]
+        unknown = [n for n in names if n not in vocab.label_index]
+        if unknown:
+            raise seqkit.DataError(f"{data.path}: row {i + 1}: label {unknown[0]!r} was not seen in training "
+                                   f"(known: {', '.join(vocab.labels)})")
+        if multi_label:
+            row = [0] * len(vocab.labels)
+            for n in names:
+                row[vocab.label_index[n]] = 1
+            targets.append(row)
+        else:
+            if len(names) != 1:
+                raise seqkit.DataError(f"{data.path}: row {i + 1}: {len(names)} labels; set head.multi_label: true")
+            targets.append(vocab.label_index[names[0]])
+    return ids, targets
+
+
+def batches(ids, targets, size: int, **order) -> list[Batch]:
+    groups = length_groups([len(x) for x in ids], size, **order)
+    return [make_batch([ids[i] for i in g], [targets[i] for i in g]) for g in groups]
+
+
+# -- the task ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ClassifyOptions:
+    embedding_dim: int = seqkit.bounded(128, ge=1)
+    embedding_dropout: float = seqkit.bounded(0.0, ge=0, lt=1)  # on the embedded words
+    min_count: int = seqkit.bounded(1, ge=1)  # rarer training words become <unk>
+    max_vocab: int = seqkit.bounded(0, ge=0)  # 0: no cap
+    lowercase: bool = True
+    baseline: Literal["none", "tfidf-lr"] = "none"  # also fit TF-IDF uni+bigram logistic regression
+
+
+class ClassifyTask(Task):
+    """Text classification: accuracy (and, with ``task.baseline: tfidf-lr``, the baseline's)."""
+
+    Config = ClassifyOptions
+    default_head = "pooling"
+    default_dataset = "table"
+    default_features = None
+    monitor, mode = "accuracy", "max"
+    summary = ("accuracy", "baseline_accuracy")
+
+    def prepare(self, recipe, run_dir, *, log) -> Prepared:
+        splits = load_splits(recipe)
+        train = splits["train"]
+        if not len(train):
+            raise seqkit.DataError(f"{train.path}: no training examples")
+        opts = recipe.task
+        vocab = persist_vocab(run_dir, "classify_vocab.json",
+                              lambda: Vocab.build(train, opts.min_count, opts.max_vocab, opts.lowercase),
+                              Vocab.load, Vocab.save)
+        multi = recipe.head.multi_label
+        seed_everything(recipe.train.seed)
+        model = Classifier(recipe, vocab)
+        ids, targets = encode_split(vocab, train, multi)
+        held = {}
+        for name in ("valid", "test"):
+            data = splits[name]
+            held[name] = batches(*encode_split(vocab, data, multi), recipe.train.eval_batch_size) if len(data) else None
+        log(f"data: {len(train)} train / {len(splits['valid'])} valid / {len(splits['test'])} test examples; "
+            f"{len(vocab.tokens)} words; classes {', '.join(vocab.labels)}")
+        cfg = recipe.train
+
+        def final_eval(best: nn.Module) -> dict[str, Any]:
+            metrics = best.evaluate(held["test"]) if held["test"] else {}
+            if opts.baseline == "tfidf-lr" and len(splits["test"]):
+                from .baseline import tfidf_logistic_regression
+
+                acc = tfidf_logistic_regression(train.texts + splits["valid"].texts,
+                                                train.labels + splits["valid"].labels, splits["test"].texts,
+                                                splits["test"].labels)
+                metrics.update(baseline="tfidf-uni+bigram-logistic-regression", baseline_accuracy=acc)
+                log(f"baseline: TF-IDF uni+bigram logistic regression, test accuracy {acc:.2f}")
+            return metrics
+
+        return Prepared(model, lambda epoch: batches(ids, targets, cfg.batch_size, **epoch_order(cfg, epoch)),
+                        held["valid"], held["test"], final_eval)
+
+    def build_model(self, recipe, run_dir: Path) -> Classifier:
+        return Classifier(recipe, read_vocab(run_dir / "vocab", Vocab.load, marker="classify_vocab.json"))
+
+    def evaluate_data(self, model, data: Optional[Path], *, batch_size: int) -> dict[str, Any]:
+        from .data import TableConfig, read_table
+
+        if data is None:
+            examples = load_splits(model.recipe, ["test"])["test"]
+        else:
+            config = model.recipe.data if isinstance(model.recipe.data, TableConfig) else TableConfig()
+            examples = read_table(Path(data), config)
+        if not len(examples):
+            raise seqkit.DataError(f"{examples.path}: no examples to evaluate")
+        ids, targets = encode_split(model.vocab, examples, model.multi_label)
+        return {**model.evaluate(batches(ids, targets, batch_size)), "examples": len(examples),
+                "data": examples.path}
+

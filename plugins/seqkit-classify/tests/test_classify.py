@@ -1,0 +1,173 @@
+"""seqkit-classify through the public task API: options, data, heads, training, the commands.
+
+The plugin is found through its entry point when installed (install.sh, tox -e plugins); otherwise
+each test registers it in a fresh plugin manager, the way ``seqkit.testing`` does for cells."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import seqkit_classify
+import torch
+from click.testing import CliRunner
+from seqkit_classify.data import Examples, mr_folds
+from seqkit_classify.model import PoolingClassifier, Vocab, tokenize
+
+import seqkit
+from seqkit import plugins
+from seqkit.cli import cli as seqkit_cli
+
+ROOT = Path(__file__).resolve().parents[3]
+MR = ROOT.parent / "shared" / "data" / "mr"
+POS = ["a gripping , funny and moving film", "wonderful acting and a smart script", "i loved every minute",
+       "a delight from start to finish", "brilliant , warm and wise"]
+NEG = ["a dull , lifeless mess", "boring and far too long", "i hated the clumsy script",
+       "a tedious waste of time", "awful acting and a silly plot"]
+
+
+def cli():
+    """A fresh command group: it adds the commands of the plugins registered now."""
+    return type(seqkit_cli)(name="seqkit", commands={k: v for k, v in seqkit_cli.commands.items()
+                                                     if k not in ("classify", "classify-cv")})
+
+
+@pytest.fixture(autouse=True)
+def plugin():
+    pm = plugins._make_manager(load_entry_points=False)
+    if pm.get_plugin("classify") is None:
+        pm.register(seqkit_classify, name="classify")
+    plugins.reset(pm)
+    yield
+    plugins.reset(None)
+
+
+def _table(path: Path, rows: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    lines = ["text\tlabel"]
+    for _ in range(rows):
+        good = rng.random() < 0.5
+        lines.append(f"{rng.choice(POS if good else NEG)} {rng.choice(['.', '!', ''])}\t{'pos' if good else 'neg'}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    _table(tmp_path / "train.tsv", 400, 0)
+    _table(tmp_path / "test.tsv", 60, 1)
+    path = tmp_path / "r.yaml"
+    path.write_text("task: {name: classification, embedding_dim: 16}\n"
+                    "data: {dataset: table, train: train.tsv, test: test.tsv, valid_fraction: 0.1}\n"
+                    "encoder: {hidden_size: 16, num_layers: 1}\n"
+                    "head: {name: pooling, pool: attention, heads: 2, attention_size: 8}\n"
+                    "train: {epochs: 4, batch_size: 16, lr: 0.01, threads: 1}\ndevice: cpu\n", encoding="utf-8")
+    return path
+
+
+def test_options_are_checked_by_their_own_schema(recipe):
+    result = CliRunner().invoke(cli(), ["recipe", "validate", str(recipe), "--set", "head.pool=median"])
+    assert result.exit_code == 2 and "head.pool: expected one of 'attention', 'mean', 'max', 'last'" in result.output
+    result = CliRunner().invoke(cli(), ["recipe", "validate", str(recipe), "--set", "head.heads=0"])
+    assert result.exit_code == 2 and "head.heads: must be >= 1, got 0" in result.output
+    result = CliRunner().invoke(cli(), ["recipe", "validate", str(recipe), "--set", "data.train=nope.tsv"])
+    assert result.exit_code == 2 and "data.train" in result.output
+
+
+def test_trains_classifies_and_draws(recipe, tmp_path):
+    run = tmp_path / "run"
+    metrics = seqkit.run_recipe(seqkit.Recipe.load(recipe), run, progress=False, log=lambda m: None)
+    assert metrics["accuracy"] >= 90.0
+    model = seqkit.load(run)
+    one = model.classify("a wonderful , warm film")
+    assert one["label"] == "pos" and abs(sum(one["probs"].values()) - 1) < 1e-3
+    assert len(one["attention"]) == len(one["tokens"]) == 5 and abs(sum(one["attention"]) - 1) < 1e-3
+    png = tmp_path / "att.png"
+    result = CliRunner().invoke(cli(), ["classify", str(run), "a dull mess", "brilliant acting", "--png", str(png)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith("neg\t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+    result = CliRunner().invoke(cli(), ["evaluate", str(run), "--json"])
+    assert json.loads(result.output)["accuracy"] == metrics["accuracy"]
+
+
+@pytest.mark.parametrize("pool", ["mean", "max", "last"])
+def test_every_pool_ignores_padding(pool):
+    torch.manual_seed(0)
+    head = PoolingClassifier(6, 3, pool=pool, heads=2, directions=2).eval()
+    h = torch.randn(2, 7, 6)
+    lengths = torch.tensor([7, 4])
+    padded = h.clone()
+    padded[1, 4:] = 100.0  # garbage in the padding
+    assert torch.allclose(head(h, lengths)[0], head(padded, lengths)[0])
+
+
+def test_attention_ignores_padding_and_sums_to_one():
+    torch.manual_seed(0)
+    head = PoolingClassifier(6, 3, pool="attention", heads=3).eval()
+    h, lengths = torch.randn(2, 7, 6), torch.tensor([7, 4])
+    logits, weights = head(h, lengths)
+    assert weights.shape == (2, 3, 7) and torch.allclose(weights.sum(-1), torch.ones(2, 3))
+    assert torch.all(weights[1, :, 4:] == 0)
+    padded = h.clone()
+    padded[1, 4:] = -50.0
+    assert torch.allclose(head(padded, lengths)[0], logits)
+
+
+def test_mr_folds_are_fixed_balanced_and_disjoint():
+    fold = mr_folds(10662, 10, 0)
+    sizes = [fold.count(k) for k in range(10)]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == 10662
+    assert fold == mr_folds(10662, 10, 0) and fold != mr_folds(10662, 10, 1)
+
+
+def test_vocab_and_tokenizer():
+    assert tokenize("It's a FILM, isn't it?") == ["it's", "a", "film", ",", "isn't", "it", "?"]
+    vocab = Vocab.build(Examples(["a b b", "b c"], ["x", "y"], "-"), min_count=2, max_vocab=0, lowercase=True)
+    assert vocab.tokens == ["<pad>", "<unk>", "b"] and vocab.labels == ["x", "y"]
+    assert vocab.encode("b zzz") == (["b", "zzz"], [2, 1])
+
+
+@pytest.mark.skipif(not (MR / "rt-polarity.pos").is_file(), reason="the Movie Review files are not in "
+                    "../shared/data/mr (public source: nltk/nltk_data, packages/corpora/sentence_polarity.zip)")
+def test_mr_provider_reads_the_benchmark(tmp_path):
+    from seqkit_classify.data import MRConfig, mr_provider
+
+    splits = mr_provider(MRConfig(folder=str(MR), fold=3), base=tmp_path)
+    total = sum(len(s) for s in splits.values())
+    assert total == 10662 and 1060 <= len(splits["test"]) <= 1072
+    assert splits["test"].labels.count("positive") > 450 and splits["test"].labels.count("negative") > 450
+
+
+def test_missing_mr_files_are_one_line_with_the_source(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(f"task: classification\ndata: {{dataset: mr, folder: {tmp_path / 'none'}}}\n", encoding="utf-8")
+    result = CliRunner().invoke(cli(), ["recipe", "validate", str(path)])
+    assert result.exit_code == 2 and "rt-polarity.pos not found" in result.output and "nltk_data" in result.output
+
+
+def test_found_through_its_entry_point_when_installed():
+    env = {**os.environ, "SEQKIT_LOAD_PLUGINS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "seqkit", "plugins", "--json"], capture_output=True, text=True,
+                          env=env, timeout=300)
+    listed = {p["name"]: p for p in json.loads(proc.stdout or "[]")}
+    if "classify" not in listed:
+        pytest.skip("seqkit-classify is not installed (install.sh or tox -e plugins installs it)")
+    assert listed["classify"]["tasks"] == ["classification"] and listed["classify"]["distribution"] == "seqkit-classify"
+
+
+def test_mr_validation_is_a_sample_of_both_classes(tmp_path):
+    from seqkit_classify.data import MRConfig, mr_provider
+
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    (folder / "rt-polarity.pos").write_text("".join(f"good {i}\n" for i in range(200)), encoding="latin-1")
+    (folder / "rt-polarity.neg").write_text("".join(f"bad {i}\n" for i in range(200)), encoding="latin-1")
+    splits = mr_provider(MRConfig(folder=str(folder), fold=2), base=tmp_path)
+    assert len(splits["test"]) == 40 and len(splits["valid"]) == 36
+    assert 10 <= splits["valid"].labels.count("positive") <= 26  # the files list positives first
