@@ -20,8 +20,9 @@ from torch import nn
 from . import registry
 from .checkpoint import load_checkpoint
 from .errors import RecipeError, SeqkitError
+from .fsio import write_text_atomic
 from .recipe import Recipe, parse_overrides
-from .tasks import Task, get_task, read_regular_file, recipe_base, write_json, write_text_atomic
+from .tasks import Task, get_task, recipe_base, write_json
 from .train import Trainer, check_train_config, reuse_freed_memory
 
 __all__ = ["check_recipe", "evaluate_run", "load", "resolve_device", "resume_recipe", "run_folder_lock", "run_recipe"]
@@ -31,8 +32,8 @@ LOCK_FILE = ".lock"
 # what `recipe run` writes into a run folder (a fresh run may clear these when no checkpoint exists)
 _RUN_ITEMS = (RECIPE_FILE, "vocab", "checkpoints", "metrics.jsonl", "metrics.json")
 # train keys a resumed run may change: how long to train and how to run it, not what is trained
-_RESUMABLE_CHANGES = {"epochs", "max_steps", "patience", "threads", "log_every", "checkpoint_every", "eval_batch_size"}
 _HOW_LONG = ("epochs", "max_steps", "patience")
+_RESUMABLE_CHANGES = {*_HOW_LONG, "threads", "log_every", "checkpoint_every", "eval_batch_size"}
 
 
 class Interrupted(SeqkitError):
@@ -296,7 +297,6 @@ def _load(run: Path, *, device: str = "cpu", checkpoint: str = "best") -> tuple[
         raise SeqkitError(f"{run}: no such run folder; train one with `seqkit recipe run`")
     if not (run / RECIPE_FILE).exists():
         raise SeqkitError(f"{run}: not a seqkit run folder (no {RECIPE_FILE}); train one with `seqkit recipe run`")
-    read_regular_file(run / RECIPE_FILE, "recipe")  # a FIFO or a directory there: one error, not a hang
     recipe = Recipe.load(run / RECIPE_FILE, saved=True)
     ckpt = run / "checkpoints" / f"{checkpoint}.safetensors"
     if not ckpt.exists() and checkpoint == "best":  # a run stopped before its first validation

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import SeqkitError
+from .fsio import atomic_write, write_text_atomic
 
 __all__ = ["load_checkpoint", "load_extra", "preserved_rng", "read_meta", "save_checkpoint"]
 
@@ -71,13 +72,12 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     readable = {key: value for key, value in payload.items() if key != "rng"}
     text = json.dumps(readable, indent=2, sort_keys=True) + "\n"
     try:
-        _atomic_write(path, path.with_suffix(".tmp"), write_tensors)
-        _atomic_write(path.with_suffix(".json"), path.with_suffix(".json.tmp"),
-                      lambda tmp: _write_text(tmp, text))
+        atomic_write(path, write_tensors)
     except (OSError, SafetensorError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
         raise SeqkitError(f"{path}: could not write the checkpoint ({reason}); the previous one is kept: free "
                           "some space, then continue with --resume") from None
+    write_text_atomic(path.with_suffix(".json"), text)  # for people; nothing reads it back
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
@@ -166,42 +166,6 @@ def _capture_rng(tensors: dict[str, torch.Tensor]) -> dict:
         kind, keys, pos, has_gauss, cached = sys.modules["numpy"].random.get_state()
         rng["numpy"] = [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
     return rng
-
-
-def _atomic_write(path: Path, tmp: Path, write) -> None:
-    """Run ``write(tmp)`` then rename ``tmp`` over ``path``; on failure ``path`` is untouched."""
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
-
-
-def _write_text(tmp: Path, text: str) -> None:
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (where the OS allows)."""
-    # Makes the rename itself durable; not possible on every OS, and harmless to skip there.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:

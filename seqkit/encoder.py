@@ -130,6 +130,9 @@ class Encoder(nn.Module):
         self.weight_drop = float(weight_drop)
         self.batch_first = batch_first
         self.cell_name = cell if isinstance(cell, str) else cell_cls.__name__
+        entry = registry.cells.entries().get(cell) if isinstance(cell, str) else None
+        # the plugin that registered a third-party cell (its errors are reported naming it)
+        self._cell_plugin = entry.plugin if entry and not entry.plugin.startswith("seqkit.") else None
         self.fused = engine != "generic" and cell_cls.fused in _FUSED_KERNELS
         self.cells = nn.ModuleDict()
         above = hidden_size * (self.num_directions if self.directions == "bidirectional" else 1)
@@ -164,24 +167,21 @@ class Encoder(nn.Module):
     def _generic(self, layer: int, cells, streams, lens, h0s, ws):
         """One layer on the generic engine. A plugin cell that fails, or returns outputs or states
         of the wrong width, is one error naming it instead of a shape error deep in torch."""
-        entry = registry.cells.entries().get(self.cell_name)
-        plugin = entry.plugin if entry is not None else None
-        builtin = plugin is None or plugin.startswith("seqkit.")
-        where = f"cell {self.cell_name!r}" + (f" (plugin {plugin})" if plugin else "")
+        plugin = self._cell_plugin
+        if plugin is None:  # seqkit's own cells, or a class passed in directly
+            return generic_layer(cells, streams, lens, h0s, ws)
+        where = f"cell {self.cell_name!r} (plugin {plugin})"
         hint = "check it with seqkit.testing.check_cell (docs/cells.md)"
         try:
             results = generic_layer(cells, streams, lens, h0s, ws)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            if builtin:
-                raise
             text = " ".join(str(exc).split())[:200]
             raise SeqkitError(f"{where} failed in layer {layer}: {type(exc).__name__}: {text}; {hint}") from exc
-        if not builtin:
-            for out, final in results:
-                widths = {out.shape[-1], *(t.shape[-1] for t in final)}
-                if widths != {self.hidden_size}:
-                    raise SeqkitError(f"{where} returned outputs or states of width {sorted(widths)} in layer "
-                                      f"{layer}, expected {self.hidden_size} (hidden_size); {hint}")
+        for out, final in results:
+            widths = {out.shape[-1], *(t.shape[-1] for t in final)}
+            if widths != {self.hidden_size}:
+                raise SeqkitError(f"{where} returned outputs or states of width {sorted(widths)} in layer "
+                                  f"{layer}, expected {self.hidden_size} (hidden_size); {hint}")
         return results
 
     def forward(

@@ -83,13 +83,14 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
         except Exception as exc:  # a broken plugin must not take seqkit down
-            report_problem(ep.name, f"failed to load and is skipped: {_describe(exc)}")
+            report_problem(ep.name, f"failed to load and is skipped: {describe(exc)}")
             continue
         if dist:
             pm._plugin_distinfo.append((plugin, dist))  # noqa: SLF001 (as pluggy does itself)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, on one line and cut short."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
@@ -124,7 +125,8 @@ def disable(pm: pluggy.PluginManager, plugin_name: str, what: str) -> None:
     registry.reset()  # tables loaded before now may hold its entries
 
 
-def _builtin(plugin_name: str) -> bool:
+def builtin(plugin_name: str) -> bool:
+    """Whether a plugin is one of seqkit's own."""
     return plugin_name in DEFAULT_PLUGINS
 
 
@@ -142,7 +144,7 @@ def _collect(pm: pluggy.PluginManager, kind: str) -> dict[str, Entry]:
     hook_name = next(h for h, k in HOOK_KINDS.items() if k == kind)
     entries: dict[str, Entry] = {}
     impls = list(getattr(pm.hook, hook_name).get_hookimpls())
-    impls.sort(key=lambda impl: not _builtin(pm.get_name(impl.plugin) or ""))  # stable: load order otherwise
+    impls.sort(key=lambda impl: not builtin(pm.get_name(impl.plugin) or ""))  # stable: load order otherwise
     for impl in impls:
         plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
         mine: list[Entry] = []
@@ -157,9 +159,9 @@ def _collect(pm: pluggy.PluginManager, kind: str) -> dict[str, Entry]:
         try:
             impl.function(**({"register": register} if "register" in impl.argnames else {}))
         except Exception as exc:
-            if _builtin(plugin_name):
+            if builtin(plugin_name):
                 raise
-            disable(pm, plugin_name, f"is disabled: its {hook_name} raised {_describe(exc)}")
+            disable(pm, plugin_name, f"is disabled: its {hook_name} raised {describe(exc)}")
             continue
         for entry in mine:
             if entry.name in entries:
@@ -215,8 +217,9 @@ def plugin_info(pm: Optional[pluggy.PluginManager] = None) -> list[PluginInfo]:
                 entries = getattr(registry, _INFO_FIELD[kind]).entries()
                 setattr(info, _INFO_FIELD[kind], [n for n, e in entries.items() if e.plugin == name])
         infos.append(info)
+    installed = _dists() if found else {}
     for name, what in found.items():  # failed to load, or disabled
-        dist = next((d for ep_name, d in _dists().items() if ep_name == name), None)
+        dist = installed.get(name)
         infos.append(PluginInfo(name, dist.version if dist else None, dist.name if dist else None, [],
                                 problems=what))
     return infos

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import operator
 import re
 import reprlib
 import types
@@ -53,9 +54,7 @@ def _check_bounds(f: dataclasses.Field, value: Any, source: str, key: str) -> No
     bounds = f.metadata.get("bounds")
     if bounds is None or not isinstance(value, (int, float)) or isinstance(value, bool):
         return
-    ge, gt, le, lt = bounds
-    for limit, ok, sign in ((ge, lambda v, b: v >= b, ">="), (gt, lambda v, b: v > b, ">"),
-                            (le, lambda v, b: v <= b, "<="), (lt, lambda v, b: v < b, "<")):
+    for limit, ok, sign in zip(bounds, (operator.ge, operator.gt, operator.le, operator.lt), (">=", ">", "<=", "<")):
         if limit is not None and not ok(value, limit):
             raise RecipeError(f"{source}: {key}: must be {sign} {limit:g}, got {value!r}")
 
@@ -273,7 +272,7 @@ def _resolve_components(recipe: Recipe, raw: dict[str, Any], source: str, *, len
     if task_name is None:
         task_name = _implied_task(sections, source)
     if not isinstance(task_name, str):
-        raise RecipeError(f"{source}: task.name: expected a string, got {_brief(task_name)}")
+        raise RecipeError(f"{source}: task.name: expected a string, got {brief(task_name)}")
     task_cls = registry.tasks.get(task_name, where=f"{source}: task.name")
     defaults = {"data": getattr(task_cls, "default_dataset", None),
                 "features": getattr(task_cls, "default_features", None),
@@ -290,7 +289,7 @@ def _resolve_components(recipe: Recipe, raw: dict[str, Any], source: str, *, len
             raise RecipeError(f"{source}: {name}.{selector}: missing; task {task_name!r} needs {what} "
                               f"(registered: {', '.join(getattr(registry, kind).names()) or 'none'})")
         if not isinstance(chosen, str):
-            raise RecipeError(f"{source}: {name}.{selector}: expected a string, got {_brief(chosen)}")
+            raise RecipeError(f"{source}: {name}.{selector}: expected a string, got {brief(chosen)}")
         component = getattr(registry, kind).get(chosen, where=f"{source}: {name}.{selector}")
         config = component_config(component)
         if lenient:
@@ -340,7 +339,7 @@ def _migrate_saved(raw: dict[str, Any]) -> None:
             data.update(synth)
 
 
-def _brief(value: Any, limit: int = 80) -> str:
+def brief(value: Any, limit: int = 80) -> str:
     """``repr(value)``, cut short: an error message never prints a huge value."""
     if isinstance(value, (dict, list)) and len(value) > 20:
         return f"{_kind(value)} of {len(value)} items"
@@ -403,7 +402,7 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
             return value
     elif tp is Any:
         return value
-    raise RecipeError(f"{source}: {key}: expected {_describe(tp)}, got {_brief(value)}")
+    raise RecipeError(f"{source}: {key}: expected {_describe(tp)}, got {brief(value)}")
 
 
 def from_dict(cls: Any, data: Any, *, source: str = "<recipe>", prefix: str = "") -> Any:

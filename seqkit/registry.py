@@ -46,11 +46,10 @@ class Registry:
 
     def get(self, name: str, *, where: str = "") -> Any:
         entries = self.entries()
+        prefix = f"{where}: " if where else ""
         if not isinstance(name, str):
-            prefix = f"{where}: " if where else ""
             raise RecipeError(f"{prefix}expected the name of a {self.kind} (a string), got {type(name).__name__}")
         if name not in entries:
-            prefix = f"{where}: " if where else ""
             known = ", ".join(sorted(entries)) or "none"
             raise RecipeError(
                 f"{prefix}unknown {self.kind} {name!r}; registered {self.kind}s: {known} "

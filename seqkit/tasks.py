@@ -27,6 +27,7 @@ import inspect
 import json
 import os
 import random
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from . import registry
-from .checkpoint import fsync_dir
 from .errors import RecipeError, SeqkitError
-from .recipe import NoOptions
+from .fsio import fsync_dir, fsync_file, write_text_atomic
+from .recipe import NoOptions, brief
 
 if TYPE_CHECKING:
     from .encoder import Encoder
@@ -51,19 +52,19 @@ __all__ = [
     "Task",
     "TaskModel",
     "build_encoder",
+    "check_batch_size",
     "epoch_order",
     "get_task",
     "head_class",
     "length_groups",
     "load_splits",
+    "not_a",
     "persist_vocab",
-    "read_regular_file",
     "read_vocab",
     "recipe_base",
     "resolve_path",
-    "text_inputs",
-    "check_batch_size",
     "seed_everything",
+    "text_inputs",
     "write_json",
     "write_text_atomic",
 ]
@@ -252,13 +253,13 @@ def persist_vocab(run_dir: Optional[Path], marker: str, build: Callable[[], V], 
     scratch = folder.parent / f".vocab-{marker}.tmp"
     try:
         if scratch.exists():
-            _remove_tree(scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(parents=True)
         save(vocab, scratch)
         folder.mkdir(exist_ok=True)
         for path in sorted(scratch.iterdir(), key=lambda f: f.name == marker):  # the marker last
             if path.is_file():
-                _fsync_file(path)
+                fsync_file(path)
             os.replace(path, folder / path.name)
         fsync_dir(folder)
     except OSError as exc:
@@ -266,7 +267,7 @@ def persist_vocab(run_dir: Optional[Path], marker: str, build: Callable[[], V], 
                           "free some space or choose another --out") from None
     finally:
         if scratch.exists():
-            _remove_tree(scratch)
+            shutil.rmtree(scratch, ignore_errors=True)
     return vocab
 
 
@@ -310,7 +311,7 @@ def text_inputs(texts: Any, what: str, *, tokens: bool = False) -> tuple[list[An
         if tokens and isinstance(item, (list, tuple)) and all(isinstance(t, str) for t in item):
             continue
         expected = "a string or a list of token strings" if tokens else "a string"
-        raise SeqkitError(f"{what}: item {i} is {type(item).__name__} ({_brief(item)}); expected {expected}")
+        raise SeqkitError(f"{what}: item {i} is {type(item).__name__} ({brief(item)}); expected {expected}")
     return items, False
 
 
@@ -320,56 +321,9 @@ def check_batch_size(batch_size: Any, what: str = "batch_size") -> int:
     return batch_size
 
 
-def _brief(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def read_regular_file(path: Path, what: str = "file") -> str:
-    """The text of ``path``, or one error when it is missing, not a regular file or not UTF-8."""
-    if not path.exists():
-        raise SeqkitError(f"{path}: no such {what}")
-    if not path.is_file():
-        raise SeqkitError(f"{path}: not a regular file")
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise SeqkitError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise SeqkitError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that a reader (or a crash) sees the old file or the new one, never half:
-    a temporary file beside it, synced, then renamed over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise SeqkitError(f"{path}: could not write it ({exc.strerror or exc})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-
-
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (a reader never sees half a file)."""
     write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False))
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def epoch_order(train: "TrainConfig", epoch: int) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def test_crash_mid_write_keeps_previous(tmp_path: Path, monkeypatch, how: str) -
     restored = _model(seed=3)
     assert load_checkpoint(path, restored) == {"version": 1}
     assert _same_params(original, restored)
-    assert not path.with_suffix(".tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.json", "last.safetensors"]  # no temporary left
 
 
 def test_truncated_file_is_a_clean_error(tmp_path: Path) -> None:

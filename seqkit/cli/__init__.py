@@ -32,34 +32,34 @@ class _Group(click.Group):
         if self._plugins_added:
             return
         self._plugins_added = True
-        from ..plugins import DEFAULT_PLUGINS, disable, get_plugin_manager, report_problem
+        from ..plugins import builtin, describe, disable, get_plugin_manager, report_problem
 
         pm = get_plugin_manager()
         owners: dict[str, str] = {}  # command -> the plugin that added it ("seqkit": seqkit's own)
         impls = list(pm.hook.register_commands.get_hookimpls())
-        impls.sort(key=lambda impl: pm.get_name(impl.plugin) not in DEFAULT_PLUGINS)
+        impls.sort(key=lambda impl: not builtin(pm.get_name(impl.plugin) or ""))
         for impl in impls:
             name = pm.get_name(impl.plugin) or repr(impl.plugin)
+            mine = "seqkit" if builtin(name) else name
             before = dict(self.commands)
             try:
                 impl.function(cli=self)
             except Exception as exc:
-                if name in DEFAULT_PLUGINS:
+                if builtin(name):
                     raise
                 self.commands = before
-                disable(pm, name, f"is disabled: its register_commands raised {type(exc).__name__}: {exc}")
+                disable(pm, name, f"is disabled: its register_commands raised {describe(exc)}")
                 continue
             for command, obj in list(self.commands.items()):
                 if before.get(command) is obj:
                     continue
-                mine = "seqkit" if name in DEFAULT_PLUGINS else name
                 owner = owners.get(command, "seqkit" if command in before else mine)
                 if owner != mine:  # seqkit's own commands, or another plugin's, are kept
                     self.commands[command] = before[command]
                     report_problem(name, f"adds command {command!r}, which {owner} already has; "
                                          f"{name}'s is ignored (rename it)")
                 else:
-                    owners[command] = "seqkit" if name in DEFAULT_PLUGINS else name
+                    owners[command] = mine
 
     def list_commands(self, ctx):
         self._add_plugin_commands()

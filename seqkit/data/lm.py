@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Iterator, Literal, NamedTuple, Optional
 
 from ..errors import DataError, RecipeError
+from ..fsio import write_text_atomic
 from ..recipe import bounded
 
 __all__ = ["KJVConfig", "TextConfig", "TextCorpus", "Verse", "cache_root", "kjv_provider", "kjv_split",
@@ -244,9 +245,7 @@ def read_kjv(cache_dir: Optional[str] = None) -> list[Verse]:
         pass  # missing or damaged: read the program again
     verses = _run_bible()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(verses, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(verses, ensure_ascii=False))
     return verses
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ..errors import DataError, RecipeError
 from ..features.audio import read_audio
+from ..fsio import write_text_atomic
 from ..recipe import bounded
 from .conll import load_text
 
@@ -161,9 +162,7 @@ def write_manifest(path: Path, utterances: list[Utterance]) -> None:
     for u in utterances:
         audio = os.path.relpath(os.path.abspath(u.audio), os.path.abspath(path.parent))
         lines.append(json.dumps({"audio": audio, "text": u.text, **u.info}, ensure_ascii=False))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def _limit(corpus: SpeechCorpus, limit: int) -> SpeechCorpus:

@@ -19,7 +19,6 @@ Units:
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Literal, Optional, Sequence, Union
@@ -45,15 +44,6 @@ def _show(char: str) -> str:
     if char == " ":
         return SPACE
     return f"<U+{ord(char):04X}>" if char.isspace() else char
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _train_bpe(lines: Sequence[str], size: int, min_count: int) -> Tokenizer:
@@ -250,10 +240,10 @@ class LMVocab:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.tokenizer is not None:
-            _write_atomic(folder / _BPE, self.tokenizer.to_str())
+            (folder / _BPE).write_text(self.tokenizer.to_str(), encoding="utf-8")
         meta = {"format": _FORMAT, "units": self.units, "settings": self.settings,
                 "tokens": self.itos if self.tokenizer is None else None}
-        _write_atomic(folder / _META, json.dumps(meta, ensure_ascii=False, indent=0))
+        (folder / _META).write_text(json.dumps(meta, ensure_ascii=False, indent=0), encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path) -> "LMVocab":

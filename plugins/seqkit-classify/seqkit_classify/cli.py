@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 import seqkit
-from seqkit.tasks import write_json
+from seqkit.tasks import not_a, write_json
 
 
 @click.command("classify")
@@ -23,7 +23,7 @@ def classify_cmd(run: Path, texts: tuple[str, ...], as_json: bool, png: Path | N
     """Classify TEXTS with the model in RUN: the class and the probability of each class."""
     model = seqkit.load(run)
     if not hasattr(model, "classify"):
-        raise seqkit.SeqkitError(f"{run}: its task is {model.recipe.task.name!r}, which does not classify text")
+        raise not_a(model, "classify text", run)
     results = model.classify(list(texts))
     for result in results:
         if as_json:

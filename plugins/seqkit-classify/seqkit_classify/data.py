@@ -63,6 +63,7 @@ def read_table(path: Path, config: TableConfig) -> Examples:
     kind = _format(path, config.format)
     loader, options = {"tsv": ("csv", {"delimiter": "\t", "quoting": 3}), "csv": ("csv", {}),
                        "jsonl": ("json", {})}[kind]
+    bars = datasets.is_progress_bar_enabled()
     try:
         datasets.disable_progress_bars()
         table = datasets.load_dataset(loader, data_files={"train": str(path)}, split="train", **options)
@@ -71,7 +72,8 @@ def read_table(path: Path, config: TableConfig) -> Examples:
         reason = " ".join(str(cause).split())[:200] or type(cause).__name__
         raise seqkit.DataError(f"{path}: could not read it as {kind} ({reason})") from None
     finally:
-        datasets.enable_progress_bars()
+        if bars:  # the caller's setting, as it was
+            datasets.enable_progress_bars()
     for column in (config.text_column, config.label_column):
         if column not in table.column_names:
             raise seqkit.DataError(f"{path}: no column {column!r} (it has {', '.join(table.column_names)}); "
@@ -92,8 +94,7 @@ def read_table(path: Path, config: TableConfig) -> Examples:
 def table_provider(config: TableConfig, *, base: Path, splits=None) -> dict[str, Examples]:
     wanted = set(splits or ("train", "valid", "test"))
     out: dict[str, Examples] = {}
-    if config.train is None:
-        raise seqkit.RecipeError("data.train: the table dataset needs a training file (data.train: path)")
+    _need_train(config)
     train = read_table(resolve_path(config.train, base, "data.train"), config) if (
         "train" in wanted or config.valid is None) else None
     if config.valid is not None:
@@ -112,9 +113,13 @@ def table_provider(config: TableConfig, *, base: Path, splits=None) -> dict[str,
     return out
 
 
-def check_table(config: TableConfig, *, base: Path) -> None:
+def _need_train(config: TableConfig) -> None:
     if config.train is None:
         raise seqkit.RecipeError("data.train: the table dataset needs a training file (data.train: path)")
+
+
+def check_table(config: TableConfig, *, base: Path) -> None:
+    _need_train(config)
     for key in ("train", "valid", "test"):
         path = resolve_path(getattr(config, key), base, f"data.{key}")
         if path is not None:
@@ -161,9 +166,7 @@ def mr_folds(count: int, folds: int, seed: int) -> list[int]:
 
 
 def mr_provider(config: MRConfig, *, base: Path, splits=None) -> dict[str, Examples]:
-    if config.fold >= config.folds:
-        raise seqkit.RecipeError(f"data.fold: must be below data.folds ({config.folds}), got {config.fold}")
-    pos, neg = mr_files(config, base)
+    pos, neg = check_mr(config, base=base)
     texts, labels = [], []
     for path, label in ((pos, "positive"), (neg, "negative")):
         # the files are Latin-1 (a few accented names); every line is one sentence
@@ -184,10 +187,11 @@ def mr_provider(config: MRConfig, *, base: Path, splits=None) -> dict[str, Examp
     return {"train": pick(rest[:cut], "train"), "valid": pick(rest[cut:], "valid"), "test": pick(test, "test")}
 
 
-def check_mr(config: MRConfig, *, base: Path) -> None:
+def check_mr(config: MRConfig, *, base: Path) -> tuple[Path, Path]:
+    """The fold is one of the folds and both files are there (also what ``recipe validate`` checks)."""
     if config.fold >= config.folds:
         raise seqkit.RecipeError(f"data.fold: must be below data.folds ({config.folds}), got {config.fold}")
-    mr_files(config, base)
+    return mr_files(config, base)
 
 
 mr_provider.Config = MRConfig  # type: ignore[attr-defined]
