@@ -362,6 +362,8 @@ def _describe(tp: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}" if typing.get_args(tp) else "a list"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
@@ -386,6 +388,10 @@ def _coerce(tp: Any, value: Any, source: str, key: str) -> Any:
     elif origin is Literal:
         if value in typing.get_args(tp):
             return value
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(tp) or (Any,)
+            return [_coerce(item, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
     elif tp is bool:
         if isinstance(value, bool):
             return value

@@ -166,3 +166,20 @@ def test_set_values_are_typed_like_yaml(value):
     if text.endswith("..."):
         text = text[: -3].strip()
     assert parse_value(text) == value
+
+
+def test_list_options_are_checked_item_by_item():
+    from dataclasses import dataclass, field
+
+    from seqkit.recipe import from_dict
+
+    @dataclass
+    class Options:
+        names: list[str] = field(default_factory=list)
+        sizes: list[int] = field(default_factory=lambda: [1])
+
+    assert from_dict(Options, {"names": ["a", "b"]}) == Options(["a", "b"], [1])
+    with pytest.raises(RecipeError, match=r"x.yaml: task.sizes\[1\]: expected an integer, got"):
+        from_dict(Options, {"sizes": [1, "two"]}, source="x.yaml", prefix="task")
+    with pytest.raises(RecipeError, match="task.names: expected a list of a string, got"):
+        from_dict(Options, {"names": "a"}, source="x.yaml", prefix="task")
