@@ -5,11 +5,9 @@ each test registers it in a fresh plugin manager, the way ``seqkit.testing`` doe
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +18,8 @@ from seqkit_classify.data import Examples, mr_folds
 from seqkit_classify.model import PoolingClassifier, Vocab, tokenize
 
 import seqkit
-from seqkit import plugins
 from seqkit.cli import cli as seqkit_cli
+from seqkit.testing import installed_plugin_info, registered_plugin
 
 ROOT = Path(__file__).resolve().parents[3]
 MR = ROOT.parent / "shared" / "data" / "mr"
@@ -39,12 +37,8 @@ def cli():
 
 @pytest.fixture(autouse=True)
 def plugin():
-    pm = plugins._make_manager(load_entry_points=False)
-    if pm.get_plugin("classify") is None:
-        pm.register(seqkit_classify, name="classify")
-    plugins.reset(pm)
-    yield
-    plugins.reset(None)
+    with registered_plugin(seqkit_classify, name="classify"):
+        yield
 
 
 def _table(path: Path, rows: int, seed: int) -> Path:
@@ -152,13 +146,12 @@ def test_missing_mr_files_are_one_line_with_the_source(tmp_path):
 
 
 def test_found_through_its_entry_point_when_installed():
-    env = {**os.environ, "SEQKIT_LOAD_PLUGINS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "seqkit", "plugins", "--json"], capture_output=True, text=True,
-                          env=env, timeout=300)
-    listed = {p["name"]: p for p in json.loads(proc.stdout or "[]")}
-    if "classify" not in listed:
+    try:
+        infos = installed_plugin_info("seqkit-classify")
+    except importlib.metadata.PackageNotFoundError:
         pytest.skip("seqkit-classify is not installed (install.sh or tox -e plugins installs it)")
-    assert listed["classify"]["tasks"] == ["classification"] and listed["classify"]["distribution"] == "seqkit-classify"
+    assert [(i["name"], i["tasks"]) for i in infos] == [("classify", ["classification"])]
+    assert infos[0]["datasets"] == ["table", "mr"] and infos[0]["heads"] == ["pooling"]
 
 
 def test_mr_validation_is_a_sample_of_both_classes(tmp_path):

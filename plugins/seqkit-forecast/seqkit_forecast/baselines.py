@@ -77,11 +77,10 @@ def arima(values: np.ndarray, fit_end: int, origins: np.ndarray, horizon: int, p
     y = values[start:]
     fit = y[: fit_end - start]
     use_season = period > 1 and seasonal != "none" and len(fit) >= 2 * period
-    season, multiplicative = np.ones(1), True
-    positions = np.arange(len(y))
-    if use_season and seasonal == "adjust":
+    adjust = use_season and seasonal == "adjust"
+    if adjust:
         indices, multiplicative = _seasonal_indices(fit, period)
-        season = indices[positions % period]
+        season = indices[np.arange(len(y)) % period]
         y = y / season if multiplicative else y - season
         fit = y[: fit_end - start]
     with warnings.catch_warnings():
@@ -97,13 +96,13 @@ def arima(values: np.ndarray, fit_end: int, origins: np.ndarray, horizon: int, p
         else:
             predicted = np.stack([np.asarray(result.get_prediction(start=int(o), end=int(o) + horizon - 1,
                                                                    dynamic=True).predicted_mean) for o in rel])
-    if use_season and seasonal == "adjust":
-        back = season[rel[:, None] + np.arange(horizon)[None, :]] if len(season) > 1 else 1.0
+    if adjust:
+        back = season[rel[:, None] + np.arange(horizon)[None, :]]
         predicted = predicted * back if multiplicative else predicted + back
     order = f"ARIMA{tuple(model.order)}"
     if use_season and seasonal == "full":
         order += f"{tuple(model.seasonal_order)}"
-    elif use_season:
+    elif adjust:
         order += f" on {'multiplicatively' if multiplicative else 'additively'} seasonally adjusted data (m={period})"
     return predicted, order
 

@@ -131,8 +131,8 @@ class Windows:
                  horizon: int, part: str, stride: int = 1) -> None:
         self.window, self.horizon = window, horizon
         self.scaled = [((s.values - a) / b).astype(np.float32) for s, (a, b, _) in zip(data, meta_scalers)]
-        self.scalers = meta_scalers
-        self.periods = [s.period for s in data]
+        # per series: shift, scale, MASE scale, period (looked up by row for every batch)
+        self.table = torch.tensor([(*sc, s.period) for sc, s in zip(meta_scalers, data)], dtype=torch.float64)
         rows = []
         for k, s in enumerate(data):
             first, end = {"train": (window, s.valid_start), "valid": (max(s.valid_start, window), s.test_start),
@@ -148,9 +148,9 @@ class Windows:
         w, h = self.window, self.horizon
         x = np.stack([self.scaled[k][t - w: t] for k, t in rows])
         y = np.stack([self.scaled[k][t: t + h] for k, t in rows])
-        a, b, m = (torch.tensor([self.scalers[k][i] for k in rows[:, 0]], dtype=torch.float64) for i in range(3))
-        period = torch.tensor([self.periods[k] for k in rows[:, 0]])
-        return Batch(torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(rows[:, 0].copy()), a, b, m, period)
+        series = torch.from_numpy(rows[:, 0].copy())
+        a, b, m, period = self.table[series].unbind(1)
+        return Batch(torch.from_numpy(x), torch.from_numpy(y), series, a, b, m, period.long())
 
     def batches(self, size: int, *, seed: Optional[int] = None, limit: int = 0) -> "Batches":
         order = np.arange(len(self.rows))
@@ -508,7 +508,7 @@ def baseline_metrics(data: SeriesSet, test: Windows, opts, jobs: int, log, only=
     h = opts.horizon
     series = test.rows[:, 0]
     targets = np.stack([data.series[k].values[t: t + h] for k, t in test.rows])
-    mase = np.array([test.scalers[k][2] for k in series])
+    mase = test.table.numpy()[series, 2]
     out: dict[str, Any] = {}
     for name in wanted:
         if name == "arima":

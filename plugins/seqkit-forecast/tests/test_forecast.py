@@ -6,11 +6,9 @@ each test registers it in a fresh plugin manager."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +21,8 @@ from seqkit_forecast.data import CsvConfig, M4Config, PmdarimaConfig, SplitOptio
 from seqkit_forecast.model import ConvFrontEnd, Windows
 
 import seqkit
-from seqkit import plugins
 from seqkit.cli import cli as seqkit_cli
+from seqkit.testing import installed_plugin_info, registered_plugin
 
 ROOT = Path(__file__).resolve().parents[3]
 M4 = ROOT.parent / "shared" / "data" / "m4"
@@ -37,12 +35,8 @@ def cli():
 
 @pytest.fixture(autouse=True)
 def plugin():
-    pm = plugins._make_manager(load_entry_points=False)
-    if pm.get_plugin("forecast") is None:
-        pm.register(seqkit_forecast, name="forecast")
-    plugins.reset(pm)
-    yield
-    plugins.reset(None)
+    with registered_plugin(seqkit_forecast, name="forecast"):
+        yield
 
 
 def _wave(n: int, seed: int, phase: float = 0.0) -> np.ndarray:
@@ -265,11 +259,9 @@ def test_trains_beats_naive_forecasts_and_plots(recipe, tmp_path):
 
 
 def test_found_through_its_entry_point_when_installed():
-    env = {**os.environ, "SEQKIT_LOAD_PLUGINS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "seqkit", "plugins", "--json"], capture_output=True, text=True,
-                          env=env, timeout=300)
-    listed = {p["name"]: p for p in json.loads(proc.stdout or "[]")}
-    if "forecast" not in listed:
+    try:
+        infos = installed_plugin_info("seqkit-forecast")
+    except importlib.metadata.PackageNotFoundError:
         pytest.skip("seqkit-forecast is not installed (install.sh or tox -e plugins installs it)")
-    assert listed["forecast"]["tasks"] == ["forecasting"] and listed["forecast"]["distribution"] == "seqkit-forecast"
-    assert listed["forecast"]["datasets"] == ["csv", "pmdarima", "statsmodels", "m4"]
+    assert [(i["name"], i["tasks"]) for i in infos] == [("forecast", ["forecasting"])]
+    assert infos[0]["datasets"] == ["csv", "pmdarima", "statsmodels", "m4"] and infos[0]["heads"] == ["regression"]
