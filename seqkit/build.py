@@ -69,6 +69,13 @@ def resolve_device(spec: str, where: str = "device") -> torch.device:
     raise RecipeError(f"{where}: {spec!r} is not a device; expected auto, cpu, cuda, cuda:N or mps")
 
 
+def _extends(task: Task, name: str) -> bool:
+    """Whether ``task`` is a subclass of the task registered as ``name`` (a plugin's melody task
+    extends ``language-model`` and takes its heads and datasets)."""
+    parent = registry.tasks.get(name) if name in registry.tasks.names() else None
+    return isinstance(parent, type) and isinstance(task, parent)
+
+
 def check_recipe(recipe: Recipe) -> Task:
     """Everything about a recipe that can be checked before its data is read: registered names,
     the pairing of task, head and dataset, the device, the train settings, the programs the
@@ -82,7 +89,7 @@ def check_recipe(recipe: Recipe) -> Task:
     for what, key, component in (("head", f"head.name: {recipe.head.name!r}", head),
                                  ("dataset", f"data.dataset: {recipe.data.dataset!r}", provider)):
         serves = getattr(component, "task", None)
-        if serves and serves != recipe.task.name:
+        if serves and serves != recipe.task.name and not _extends(task, serves):
             raise RecipeError(f"{src}: {key.split(':')[0]}: {what} {key.split(': ', 1)[1]} serves task {serves!r}, "
                               f"but the recipe's task is {recipe.task.name!r}")
     resolve_device(recipe.device, where=f"{src}: device")
@@ -315,7 +322,10 @@ def evaluate_run(run_dir: Path, data: Optional[Path] = None, *, batch_size: int 
     """Metrics of a trained model on a data file, or on its recipe's test split, and its task
     (which knows how to print them)."""
     model, task = _load(Path(run_dir))
-    return task.evaluate_data(model, data, batch_size=batch_size), task
+    try:
+        return task.evaluate_data(model, data, batch_size=batch_size), task
+    except IsADirectoryError:  # a folder given to a task that reads one file
+        raise SeqkitError(f"{data}: is a folder; task {model.recipe.task.name} reads a data file") from None
 
 
 def init_from_run(model: nn.Module, run: Path, *, log=print) -> None:

@@ -1,7 +1,10 @@
 """Step-by-step sampling from a model that predicts the next item: temperature, top-k, top-p.
 
 Shared by every generating task (language models, music): a task gives a ``step`` function
-``step(inputs, state) -> (logits, state)`` and the sampler does the rest.
+``step(inputs, state) -> (logits, state)`` and the sampler does the rest. A task whose next item
+is not one choice among V (a piano-roll frame of 88 keys, each on or off) also gives a ``draw``
+function ``draw(step_output, generator) -> next inputs``; the sampler still owns the loop, the
+seeded random stream and the stopping rule.
 
 Shape legend: N batch, V choices (vocabulary).
 """
@@ -54,19 +57,28 @@ def sample(logits: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: f
 
 def sample_steps(step: Callable[[Tensor, Any], tuple[Tensor, Any]], first: Tensor, state: Any, max_steps: int, *,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: Optional[int] = None,
-                 stop: Optional[int] = None) -> Iterator[Tensor]:
+                 stop: Optional[int] = None,
+                 draw: Optional[Callable[[Any, torch.Generator], Tensor]] = None) -> Iterator[Tensor]:
     """Yield sampled ids (N,) one step at a time: ``first`` (N,) is fed in, its prediction
     sampled, fed back, and so on, ``max_steps`` times or until every row sampled ``stop``.
+
+    ``draw(output, generator)``, when given, replaces the categorical choice: it turns what
+    ``step`` returned into the next inputs (any shape, e.g. (N, 88) piano-roll frames), applying
+    its own temperature; ``top_k``/``top_p``/``stop`` then do not apply.
 
     The random stream is a generator of its own (``seed``; None: a random seed), so sampling
     never touches torch's global RNG."""
     check_sampling(temperature, top_k, top_p)
     generator = torch.Generator(device=first.device)
     generator.manual_seed(seed if seed is not None else secrets.randbits(62))
-    ids, done = first, torch.zeros_like(first, dtype=torch.bool)
+    ids, done = first, torch.zeros(first.shape[:1], dtype=torch.bool, device=first.device)
     for _ in range(max_steps):
-        logits, state = step(ids, state)
-        ids = sample(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        output, state = step(ids, state)
+        if draw is not None:
+            ids = draw(output, generator)
+            yield ids
+            continue
+        ids = sample(output, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         yield ids
         if stop is not None:
             done |= ids == stop

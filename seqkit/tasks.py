@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from . import registry
+from .data.lm import cache_root
 from .errors import RecipeError, SeqkitError
 from .fsio import fsync_dir, fsync_file, write_text_atomic
 from .recipe import NoOptions, brief
@@ -52,6 +53,7 @@ __all__ = [
     "Task",
     "TaskModel",
     "build_encoder",
+    "cache_root",
     "check_batch_size",
     "epoch_order",
     "get_task",

@@ -162,3 +162,72 @@ def test_a_split_lm_pretrains_a_taggers_encoder(corpus, tmp_path):
     assert len(shared) > 50
     for token in shared[:20]:
         assert torch.equal(embedding.weight[tokens.index(token)], source.embed.weight[source.vocab.stoi[token]])
+
+
+def test_the_shared_sampler_takes_a_draw_function_and_keeps_its_own_random_stream():
+    from seqkit.sampling import sample_steps
+
+    def step(inputs, state):  # (N, 3) in, the same out: a "frame" model
+        return inputs + 0.5, state
+
+    def draw(output, generator):
+        return torch.bernoulli(torch.sigmoid(output), generator=generator)
+
+    before = torch.get_rng_state()
+    runs = [torch.stack(list(sample_steps(step, torch.zeros(2, 3), None, 6, seed=s, draw=draw))) for s in (4, 4, 5)]
+    assert torch.equal(before, torch.get_rng_state())
+    assert runs[0].shape == (6, 2, 3) and torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    logits = torch.tensor([[0.0, 5.0, 1.0]])  # without draw: categorical ids, greedy at temperature 0
+    ids = list(sample_steps(lambda i, s: (logits, s), torch.tensor([0]), None, 3, temperature=0))
+    assert [int(i) for i in ids] == [1, 1, 1]
+
+
+def test_a_subclass_of_a_task_takes_its_parents_heads_and_datasets(corpus, tmp_path):
+    """A plugin's task built on the language-model machinery (seqkit-music's melody task does this)."""
+    from seqkit.build import check_recipe
+    from seqkit.models import LanguageModel, LanguageModelTask
+    from seqkit.testing import registered_plugin
+
+    class Shouting(LanguageModel):
+        def shout(self):
+            return self.generate("the", max_tokens=3, temperature=0).upper()
+
+    class ShoutingTask(LanguageModelTask):
+        model_class = Shouting
+
+    class Unrelated(LanguageModelTask.__mro__[1]):  # a plain Task: it does not take the LM's head
+        pass
+
+    class Plugin:
+        @staticmethod
+        @seqkit.hookimpl
+        def register_tasks(register):
+            register("shouting-lm", ShoutingTask)
+            register("unrelated", Unrelated)
+
+    with registered_plugin(Plugin, name="shouting"):
+        recipe = _recipe(corpus, tmp_path, "task.name=shouting-lm", "train.epochs=1")
+        check_recipe(recipe)
+        run_recipe(recipe, tmp_path / "run", progress=False, log=lambda m: None)
+        model = seqkit.load(tmp_path / "run")
+        assert isinstance(model, Shouting) and model.shout().strip().split()[0] in {"CAT", "DOG", "BIRD"}
+        with pytest.raises(RecipeError, match="head 'lm' serves task 'language-model'"):
+            other = tmp_path / "other.yaml"
+            other.write_text(f"task: unrelated\ndata: {{dataset: text, train: {corpus}/train.txt}}\n"
+                             "features: {kind: lm-tokens}\nhead: {name: lm}\n", encoding="utf-8")
+            check_recipe(Recipe.load(other))
+
+
+def test_generate_writes_text_with_out_and_refuses_music_options(corpus, tmp_path):
+    import subprocess
+    import sys
+
+    run_recipe(_recipe(corpus, tmp_path, "train.epochs=1"), tmp_path / "run", progress=False, log=lambda m: None)
+    done = subprocess.run([sys.executable, "-m", "seqkit", "generate", str(tmp_path / "run"), "--prompt", "the",
+                           "--max-tokens", "5", "--seed", "1", "--out", str(tmp_path / "g.txt")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "g.txt").read_text(encoding="utf-8") == done.stdout
+    done = subprocess.run([sys.executable, "-m", "seqkit", "generate", str(tmp_path / "run"), "--png", "x.png"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--png" in done.stderr and "music models" in done.stderr

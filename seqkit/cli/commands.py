@@ -43,9 +43,10 @@ def plugins_cmd(as_json: bool) -> None:
 
 @cli.command("evaluate")
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--data", type=click.Path(dir_okay=False, path_type=Path),
-              help="A data file in the task's format (a CoNLL file for tagging, a JSONL audio manifest for "
-                   "transcription, a text file for language models; default: the run's test split).")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="A data file or folder in the task's format (a CoNLL file for tagging, a JSONL audio manifest "
+                   "for transcription, a text file for language models, a folder of MIDI files for piano-roll "
+                   "music; default: the run's test split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
 def evaluate_cmd(run: Path, data: Path | None, as_json: bool, batch_size: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from ..errors import SeqkitError
+from ..fsio import write_text_atomic
 from ..tasks import not_a
 
 __all__ = ["generate_cmd", "tag_cmd", "transcribe_cmd"]
@@ -107,32 +108,62 @@ def transcribe_cmd(run: Path, files: tuple[Path, ...], beam: int, as_json: bool,
 @click.command("generate")
 @click.argument("run", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--prompt", default="", help="Text to continue (default: start a new line).")
-@click.option("--max-tokens", default=100, show_default=True, type=click.IntRange(min=0),
-              help="Tokens to sample.")
+@click.option("--prime", type=click.Path(dir_okay=False, path_type=Path),
+              help="Music to continue: a MIDI file (music models).")
+@click.option("--max-tokens", "--frames", "--events", "steps", type=click.IntRange(min=0), default=None,
+              help="Steps to sample: tokens, melody events or piano-roll frames (default: 100 tokens; "
+                   "music: the model's default).")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Music to sample, in seconds at the model's tempo (instead of --frames).")
 @click.option("--temperature", default=1.0, show_default=True, help="Softmax temperature (0: always the most likely).")
 @click.option("--top-k", default=0, show_default=True, help="Sample among the k most likely tokens (0: all).")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus: the smallest set of probability p (1: all).")
-@click.option("--seed", type=int, default=None, help="Same seed, same text (default: a random seed).")
+@click.option("--seed", type=int, default=None, help="Same seed, same output (default: a random seed).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the sample to a file (text; a .mid file for music models).")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), help="Music: a piano-roll picture.")
+@click.option("--wav", type=click.Path(dir_okay=False, path_type=Path),
+              help="Music: an audio preview (needs fluidsynth and a General MIDI soundfont).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N], mps or auto.")
-def generate_cmd(run: Path, prompt: str, max_tokens: int, temperature: float, top_k: int, top_p: float,
-                 seed: int | None, device: str) -> None:
-    """Stream text sampled from the language model in RUN to stdout, token by token.
+def generate_cmd(run: Path, prompt: str, prime: Path | None, steps: int | None, seconds: float | None,
+                 temperature: float, top_k: int, top_p: float, seed: int | None, out: Path | None,
+                 png: Path | None, wav: Path | None, device: str) -> None:
+    """Sample from the generating model in RUN: stream text from a language model to stdout,
+    or write music (MIDI, a piano-roll picture, a WAV preview) from a music model.
 
-    The prompt is printed first; the rate (tokens/s) goes to stderr at the end."""
+    The rate (tokens/s or frames/s) goes to stderr at the end. A model that writes files (music)
+    implements ``generate_files``; see docs/plugins.md."""
     from .. import load
 
     model = load(run, device=device)
+    if hasattr(model, "generate_files"):
+        started = time.perf_counter()
+        lines = model.generate_files(out=out, png=png, wav=wav, steps=steps, seconds=seconds, prime=prime,
+                                     prompt=prompt, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        for line in lines:
+            click.echo(line, err=True)
+        print(f"generated in {time.perf_counter() - started:.2f} s", file=sys.stderr)
+        return
     if not hasattr(model, "generate_tokens"):
-        raise not_a(model, "generate text", run)
-    tokens = model.generate_tokens(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, seed=seed)
+        raise not_a(model, "generate", run)
+    for flag, value in (("--prime", prime), ("--seconds", seconds), ("--png", png), ("--wav", wav)):
+        if value is not None:
+            raise SeqkitError(f"{flag}: {run} is a text model (task {model.recipe.task.name}); {flag} is for "
+                              "music models")
+    tokens = model.generate_tokens(prompt, max_tokens=100 if steps is None else steps, temperature=temperature,
+                                   top_k=top_k, top_p=top_p, seed=seed)
     started = time.perf_counter()
+    pieces = [prompt]
     click.echo(prompt, nl=False)
     count = 0
     for text in tokens:  # errors (a bi-LM, bad settings) surface at the first token
         click.echo(text, nl=False)
         sys.stdout.flush()
+        pieces.append(text)
         count += 1
     click.echo("")
     wall = time.perf_counter() - started
+    if out is not None:
+        write_text_atomic(out, "".join(pieces) + "\n")
+        print(f"text: {out}", file=sys.stderr)
     print(f"{count} tokens in {wall:.2f} s ({count / max(wall, 1e-9):.0f} tokens/s)", file=sys.stderr)

@@ -18,7 +18,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence, Union
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -287,6 +287,9 @@ class LanguageModelTask(Task):
     RUN --prompt ...`` streams text."""
 
     Config = LanguageModelOptions
+    # the model class it builds; a task that reuses this machinery for other tokens (a plugin's
+    # melody task) subclasses the task and sets its own LanguageModel subclass here
+    model_class: ClassVar[type[LanguageModel]] = LanguageModel
     default_head = "lm"
     default_dataset = "text"
     default_features = "lm-tokens"
@@ -322,7 +325,7 @@ class LanguageModelTask(Task):
                               LMVocab.load, LMVocab.save)
         opts, cfg = recipe.task, recipe.train
         seed_everything(cfg.seed)
-        model = LanguageModel(recipe, vocab, head_class(recipe))
+        model = self.model_class(recipe, vocab, head_class(recipe))
         stream = batchify(vocab.encode_stream(train.lines), cfg.batch_size)  # (N, T)
         held = {name: batchify(vocab.encode_stream(splits[name].lines), opts.eval_streams)
                 for name in ("valid", "test") if splits.get(name) is not None and splits[name].lines}
@@ -343,7 +346,7 @@ class LanguageModelTask(Task):
 
     def build_model(self, recipe: Recipe, run_dir: Path) -> LanguageModel:
         vocab = read_vocab(run_dir / "vocab", LMVocab.load, marker="lm_vocab.json")
-        return LanguageModel(recipe, vocab, head_class(recipe))
+        return self.model_class(recipe, vocab, head_class(recipe))
 
     def evaluate_data(self, model: nn.Module, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
         assert isinstance(model, LanguageModel)
