@@ -157,6 +157,7 @@ RECIPE_FILES = {
     "tab-indent": (b"encoder:\n\tcell: lstm\n", "invalid YAML"),
     "old-layout": (b"task: transcription\ndata:\n  dataset: synth-speech\n  synth:\n    train: 10\n", "moved"),
     "no-task": (b"encoder:\n  cell: lstm\n", "task: missing"),
+    "duplicate-key": (b"task: tagging\nhead:\n  name: tagger\n  name: crf\n", "key 'name' appears twice"),
     "alias-bomb": (textwrap.dedent("""\
         a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]
         b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
