@@ -208,6 +208,8 @@ def chorales_provider(config: ChoralesConfig, *, base: Path, log: Callable[[str]
 
     def build() -> dict[str, Any]:
         names = sorted(str(p) for p in corpus.chorales.Iterator(returnType="filename"))
+        if config.limit:
+            names = names[: config.limit]
         rolls, kept = [], []
         for k, name in enumerate(names):
             if k % 50 == 0:
@@ -218,9 +220,8 @@ def chorales_provider(config: ChoralesConfig, *, base: Path, log: Callable[[str]
                 kept.append(name)
         return _pack(rolls, kept)
 
-    rolls, names = _unpack(_cached("bach-chorales", {"frame_beats": config.frame_beats}, build, config.cache_dir, log))
-    if config.limit:
-        rolls, names = rolls[: config.limit], names[: config.limit]
+    key = {"frame_beats": config.frame_beats, "limit": config.limit}  # a limited run parses only its chorales
+    rolls, names = _unpack(_cached("bach-chorales", key, build, config.cache_dir, log))
     splits: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     for k, roll in enumerate(rolls):
         splits[split_of(k)].append(roll)
@@ -397,7 +398,7 @@ def folk_collections(wanted: Sequence[str]) -> list[Path]:
 
 
 def folk_provider(config: FolkConfig, *, base: Path, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from seqkit.models import TextCorpus
 
@@ -405,10 +406,16 @@ def folk_provider(config: FolkConfig, *, base: Path, log: Callable[[str], None] 
 
     def build() -> dict[str, Any]:
         workers = max(1, min(len(files), os.cpu_count() or 1))
-        with ProcessPoolExecutor(workers) as pool:
-            parsed = list(pool.map(_parse_collection, [str(f) for f in files], [config.transpose] * len(files)))
-        lines = [line for part in parsed for line in part]
-        return {"lines": np.array(lines), "sizes": np.array([len(p) for p in parsed])}
+        parsed: dict[int, list[str]] = {}
+        with ProcessPoolExecutor(workers) as pool:  # the largest collections first, so the workers finish together
+            jobs = {pool.submit(_parse_collection, str(f), config.transpose): k
+                    for k, f in sorted(enumerate(files), key=lambda kf: -kf[1].stat().st_size)}
+            for done, job in enumerate(as_completed(jobs), start=1):
+                parsed[jobs[job]] = job.result()
+                print(f"  folk: {files[jobs[job]].stem}: {len(parsed[jobs[job]])} tunes ({done}/{len(files)} "
+                      "collections)", file=sys.stderr, flush=True)
+        lines = [line for k in range(len(files)) for line in parsed[k]]
+        return {"lines": np.array(lines), "sizes": np.array([len(parsed[k]) for k in range(len(files))])}
 
     data = _cached("essen-folk", {"files": [f.stem for f in files], "transpose": config.transpose}, build,
                    config.cache_dir, log)

@@ -53,6 +53,15 @@ class Melody:
         return cls(events, meter, qpm)
 
     @property
+    def bar_beats(self) -> float:
+        """Quarter notes a bar, from the meter (4 without one)."""
+        top, _, bottom = (self.meter or "4/4").partition("/")
+        try:
+            return int(top) * 4.0 / int(bottom)
+        except (ValueError, ZeroDivisionError):
+            return 4.0
+
+    @property
     def beats(self) -> float:
         return sum(q for _, q in self.events)
 
@@ -94,7 +103,7 @@ class Melody:
             roll = self.to_roll()
             title = f"{len(self.events)} events, {self.beats:g} quarter notes"
             title += f", {self.meter}" if self.meter else ""
-            lines.append(f"picture: {roll.save_png(png, title=title)}")
+            lines.append(f"picture: {roll.save_png(png, title=title, bar_beats=self.bar_beats)}")
         if wav is not None:
             lines.append(f"audio: {render_wav(self.to_midi(), wav)}")
         return lines

@@ -51,6 +51,7 @@ from .roll import PianoRoll
 
 BASELINES = ("bernoulli", "markov")
 SMOOTHING = 0.5  # add-one-half (Krichevsky-Trofimov) counts for the baselines
+EVAL_CHUNK = 4096  # frames the NADE head scores at once outside training
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -167,7 +168,13 @@ class NadeHead(nn.Module):
         return self.to_bv(h) + (hidden * self.V).sum(-1)
 
     def nll(self, h: Tensor, frames: Tensor) -> Tensor:
-        return F.binary_cross_entropy_with_logits(self.logits(h, frames), frames, reduction="none").sum(-1)
+        if torch.is_grad_enabled() or h[..., 0].numel() <= EVAL_CHUNK:
+            return F.binary_cross_entropy_with_logits(self.logits(h, frames), frames, reduction="none").sum(-1)
+        # evaluation: a few thousand frames at a time (the hidden units of every key of every frame add up)
+        flat_h, flat_f = h.reshape(-1, h.size(-1)), frames.reshape(-1, KEYS)
+        parts = [self.nll(flat_h[i: i + EVAL_CHUNK], flat_f[i: i + EVAL_CHUNK])
+                 for i in range(0, len(flat_h), EVAL_CHUNK)]
+        return torch.cat(parts).reshape(h.shape[:-1])
 
     def _decode(self, h: Tensor, choose: Callable[[Tensor], Tensor]) -> Tensor:
         """Keys from the lowest up, each chosen by ``choose(logit)`` given the ones chosen below."""

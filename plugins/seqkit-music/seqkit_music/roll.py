@@ -81,10 +81,11 @@ class PianoRoll:
         os.replace(tmp, path)
         return path
 
-    def save_png(self, path: Path, title: str = "") -> Path:
-        """The roll as a picture: pitch names on the vertical axis (every C, and the lowest and
-        highest notes used), beats as thin lines and every fourth beat as a bar line, the primed
-        part shaded grey and the sampled part blue."""
+    def save_png(self, path: Path, title: str = "", bar_beats: float = 4.0) -> Path:
+        """The roll as a picture: pitch names on the vertical axis (every natural note on a range
+        of up to 30 keys, else every C; and the lowest and highest notes used), beats as thin
+        lines and a bar line every ``bar_beats`` quarter notes (default 4: 4/4), the primed part
+        shaded grey and the sampled part blue."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -106,13 +107,16 @@ class PianoRoll:
         ax.imshow(image, origin="lower", aspect="auto", interpolation="nearest",
                   extent=(0, beats, low - 0.5, high + 0.5))
         for beat in range(int(beats) + 1):
-            ax.axvline(beat, color="#000000" if beat % 4 == 0 else "#cccccc", linewidth=0.8 if beat % 4 == 0 else 0.4,
-                       zorder=0 if beat % 4 else 2)
-        ticks = sorted({k for k in range(low, high + 1) if (k + LOWEST) % 12 == 0} | set(used[[0, -1]] if len(used)
-                                                                                             else ()))
+            ax.axvline(beat, color="#cccccc", linewidth=0.4, zorder=0)
+        for bar in np.arange(0.0, beats + 1e-9, bar_beats):
+            ax.axvline(bar, color="#000000", linewidth=0.8, zorder=2)
+        natural = (0, 2, 4, 5, 7, 9, 11)  # C D E F G A B: every one on a narrow range, else every C
+        wanted = natural if high - low <= 30 else (0,)
+        ticks = sorted({k for k in range(low, high + 1) if (k + LOWEST) % 12 in wanted}
+                       | set(used[[0, -1]].tolist() if len(used) else ()))
         ax.set_yticks(ticks)
         ax.set_yticklabels([pitch_name(k + LOWEST) for k in ticks])
-        ax.set_xlabel("beats (quarter notes; bar lines every 4)")
+        ax.set_xlabel(f"beats (quarter notes; bar lines every {bar_beats:g})")
         ax.set_ylabel("pitch")
         if self.primed:
             ax.axvline(self.primed * self.frame_beats, color="#d62728", linewidth=1.5)

@@ -295,6 +295,19 @@ def test_nade_is_a_chain_rule_over_keys_from_the_lowest_up():
     assert not torch.allclose(head.logits(h, changed)[:, 41:], logits[:, 41:])
 
 
+def test_nade_scores_long_evaluations_in_chunks_with_the_same_result(monkeypatch):
+    from seqkit_music import model as music_model
+
+    torch.manual_seed(1)
+    head = NadeHead(6, hidden=5)
+    h, frames = torch.randn(3, 7, 6), (torch.rand(3, 7, KEYS) < 0.1).float()
+    whole = head.nll(h, frames)  # gradients on: one pass
+    monkeypatch.setattr(music_model, "EVAL_CHUNK", 4)
+    with torch.no_grad():
+        chunked = head.nll(h, frames)  # 21 frames, 4 at a time
+    assert chunked.shape == (3, 7) and torch.allclose(chunked, whole.detach(), atol=1e-5)
+
+
 def test_shared_sampler_draws_frames_with_its_own_seeded_stream():
     head = BernoulliHead(4)
 
