@@ -263,8 +263,8 @@ def read_midi(path: Path, frame_beats: float) -> np.ndarray:
     if len(beats) < 2:
         beats = np.array([0.0, 0.5])  # no tempo information: 120 beats a minute
     step = np.diff(beats).mean()
-    while beats[-1] < end:  # pretty_midi's beats stop at the last tempo's end
-        beats = np.append(beats, beats[-1] + step)
+    if beats[-1] < end:  # pretty_midi's beats stop at the last tempo's end: continue at the mean beat
+        beats = np.append(beats, beats[-1] + step * np.arange(1, int(np.ceil((end - beats[-1]) / step)) + 1))
     grid = np.interp(np.arange(0, len(beats) - 1, frame_beats), np.arange(len(beats)), beats)
     roll = np.zeros((len(grid), KEYS), dtype=np.uint8)
     for inst in pm.instruments:
@@ -405,6 +405,13 @@ def folk_provider(config: FolkConfig, *, base: Path, log: Callable[[str], None] 
     files = folk_collections(config.collections)
 
     def build() -> dict[str, Any]:
+        if config.limit:  # a smoke run: the collections in order, only until there are enough tunes
+            lines: list[str] = []
+            for path in files:
+                lines += _parse_collection(str(path), config.transpose)
+                if len(lines) >= config.limit:
+                    break
+            return {"lines": np.array(lines[: config.limit])}
         workers = max(1, min(len(files), os.cpu_count() or 1))
         parsed: dict[int, list[str]] = {}
         with ProcessPoolExecutor(workers) as pool:  # the largest collections first, so the workers finish together
@@ -414,14 +421,10 @@ def folk_provider(config: FolkConfig, *, base: Path, log: Callable[[str], None] 
                 parsed[jobs[job]] = job.result()
                 print(f"  folk: {files[jobs[job]].stem}: {len(parsed[jobs[job]])} tunes ({done}/{len(files)} "
                       "collections)", file=sys.stderr, flush=True)
-        lines = [line for k in range(len(files)) for line in parsed[k]]
-        return {"lines": np.array(lines), "sizes": np.array([len(parsed[k]) for k in range(len(files))])}
+        return {"lines": np.array([line for k in range(len(files)) for line in parsed[k]])}
 
-    data = _cached("essen-folk", {"files": [f.stem for f in files], "transpose": config.transpose}, build,
-                   config.cache_dir, log)
-    lines = [str(line) for line in data["lines"]]
-    if config.limit:
-        lines = lines[: config.limit]
+    key = {"files": [f.stem for f in files], "transpose": config.transpose, "limit": config.limit}
+    lines = [str(line) for line in _cached("essen-folk", key, build, config.cache_dir, log)["lines"]]
     splits: dict[str, list[str]] = {s: [] for s in SPLITS}
     for k, line in enumerate(lines):
         splits[split_of(k)].append(line)

@@ -10,7 +10,6 @@ Tokens: ``M:6/8`` (the meter, first), ``<MIDI pitch>_<quarter notes>`` a note (`
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,7 +22,7 @@ import seqkit
 from seqkit.models import LanguageModel, LanguageModelTask
 
 from .data import KEYS, LOWEST
-from .roll import PianoRoll, render_wav
+from .roll import PianoRoll, render_wav, save_midi
 
 
 @dataclass
@@ -95,10 +94,7 @@ class Melody:
     def write(self, *, out: Optional[Path] = None, png: Optional[Path] = None, wav: Optional[Path] = None) -> list[str]:
         lines = []
         if out is not None:
-            tmp = Path(out).with_name(f".{Path(out).name}.tmp")
-            self.to_midi().write(str(tmp))
-            os.replace(tmp, out)
-            lines.append(f"midi: {out}")
+            lines.append(f"midi: {save_midi(self.to_midi(), out)}")
         if png is not None:
             roll = self.to_roll()
             title = f"{len(self.events)} events, {self.beats:g} quarter notes"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
@@ -238,9 +239,10 @@ def _bernoulli_nll(p: np.ndarray, frames: np.ndarray) -> np.ndarray:
     return -(frames * np.log(p) + (1 - frames) * np.log(1 - p)).sum(-1)
 
 
-def _acc(pred: np.ndarray, frames: np.ndarray) -> tuple[int, int, int]:
-    tp = int((pred * frames).sum())
-    return tp, int((pred * (1 - frames)).sum()), int(((1 - pred) * frames).sum())
+def _acc(pred: Any, frames: Any) -> np.ndarray:
+    """True positives, false positives and false negatives of 0/1 keys (NumPy arrays or tensors)."""
+    return np.array([float((pred * frames).sum()), float((pred * (1 - frames)).sum()),
+                     float(((1 - pred) * frames).sum())])
 
 
 def baseline_metrics(meta: Meta, pieces: list[np.ndarray], wanted: Iterable[str]) -> dict[str, float]:
@@ -274,22 +276,13 @@ class MusicModel(nn.Module):
     def __init__(self, recipe: Any, meta: Meta) -> None:
         super().__init__()
         self.recipe, self.meta = recipe, meta
-        self.encoder = build_encoder(recipe, KEYS)
-        if self.encoder.directions != "forward":
-            raise seqkit.RecipeError(f"{recipe.source}: encoder.directions: a piano-roll model predicts the next "
-                                     "frame and must not read ahead; use forward")
-        self.skip = recipe.task.skip
+        self.encoder = build_encoder(recipe, KEYS)  # forward only: PianoRollTask.check refuses the others
         opts = {f: getattr(recipe.head, f) for f in ("hidden", "dropout") if hasattr(recipe.head, f)}
-        self.head = head_class(recipe)(self.encoder.output_size + (KEYS if self.skip else 0), **opts)
-
-    def read(self, inputs: Tensor, lengths: Optional[Tensor], state: Any = None) -> tuple[Tensor, Any]:
-        """What the head reads for each next frame: (N, L, D) or, with ``skip``, (N, L, D + K)."""
-        out, state = self.encoder(inputs, lengths, state)
-        return (torch.cat([out, inputs], dim=-1) if self.skip else out), state
+        self.head = head_class(recipe)(self.encoder.output_size, **opts)
 
     def forward(self, batch: RollBatch, state=None) -> ModelOutput:
         """Mean NLL a frame (nats) of every frame of the batch, the first ones included."""
-        out, _ = self.read(batch.inputs, batch.lengths)
+        out, _ = self.encoder(batch.inputs, batch.lengths)
         mask = _mask(batch.lengths, out.size(1), out.device)
         nll = self.head.nll(out, batch.targets)
         return ModelOutput(nll[mask].mean())
@@ -301,10 +294,10 @@ class MusicModel(nn.Module):
         device = next(self.parameters()).device
         total = first = 0.0
         frames = pieces = 0
-        counts = torch.zeros(3)
+        counts = np.zeros(3)
         for batch in batches:
             batch = batch.to(device)
-            out, _ = self.read(batch.inputs, batch.lengths)
+            out, _ = self.encoder(batch.inputs, batch.lengths)
             nll = self.head.nll(out, batch.targets)  # (N, L)
             mask = _mask(batch.lengths, out.size(1), out.device)
             later = mask.clone()
@@ -313,14 +306,12 @@ class MusicModel(nn.Module):
             first += float(nll[:, 0].sum())
             frames += int(later.sum())
             pieces += len(batch)
-            pred = self.head.greedy(out[later])
-            y = batch.targets[later]
-            counts += torch.tensor([(pred * y).sum(), (pred * (1 - y)).sum(), ((1 - pred) * y).sum()]).cpu()
+            counts += _acc(self.head.greedy(out[later]), batch.targets[later])
         self.train(was)
         if not frames:
             return {}
         return {"nll": total / frames, "nll_all": (total + first) / (frames + pieces), "loss": total / frames,
-                "acc": 100.0 * float(counts[0]) / max(float(counts.sum()), 1.0), "frames": frames}
+                "acc": 100.0 * counts[0] / max(counts.sum(), 1), "frames": frames}
 
     # -- generation ------------------------------------------------------------------------
 
@@ -329,7 +320,7 @@ class MusicModel(nn.Module):
 
     def step(self, frame: Tensor, state: Any) -> tuple[Tensor, Any]:
         """One frame in (N, K), the encoder's output for the next one (N, D) and the new state."""
-        out, state = self.read(frame.unsqueeze(1), None, state)
+        out, state = self.encoder(frame.unsqueeze(1), None, state)
         return out[:, 0], state
 
     @torch.inference_mode()
@@ -387,8 +378,6 @@ class MusicModel(nn.Module):
                                      "--temperature")
         if out is None and png is None and wav is None:
             raise seqkit.SeqkitError("nothing to write: give --out sample.mid, --png roll.png and/or --wav sample.wav")
-        import time
-
         started = time.perf_counter()
         roll = self.generate(steps, seconds=seconds, temperature=temperature, seed=seed, prime=prime)
         took = time.perf_counter() - started
@@ -408,9 +397,6 @@ def _mask(lengths: Tensor, width: int, device: torch.device) -> Tensor:
 @dataclass
 class PianoRollOptions:
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))  # bernoulli, markov: on the same frames
-    # the head also reads the frame before the one it predicts, directly beside the encoder's
-    # output (a skip connection: holding or releasing a key need not be learnt through the LSTM)
-    skip: bool = False
 
 
 class PianoRollTask(Task):

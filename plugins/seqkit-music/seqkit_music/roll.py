@@ -26,11 +26,15 @@ SOUNDFONTS = ("/usr/share/sounds/sf2/default-GM.sf2", "/usr/share/sounds/sf2/Tim
               "/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/soundfonts/default.sf2")
 SOUND_HINT = ("install fluidsynth and a General MIDI soundfont (Debian: `sudo apt-get install fluidsynth "
               "timgm6mb-soundfont`) or set SEQKIT_SOUNDFONT to a .sf2 file")
-NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
 
-def pitch_name(midi: int) -> str:
-    return f"{NAMES[midi % 12]}{midi // 12 - 1}"
+def save_midi(midi, path: Path) -> Path:
+    """Write a ``pretty_midi.PrettyMIDI`` atomically (a reader never sees half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    midi.write(str(tmp))
+    os.replace(tmp, path)
+    return path
 
 
 @dataclass
@@ -75,11 +79,7 @@ class PianoRoll:
         return pm
 
     def save_midi(self, path: Path) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        self.to_midi().write(str(tmp))
-        os.replace(tmp, path)
-        return path
+        return save_midi(self.to_midi(), path)
 
     def save_png(self, path: Path, title: str = "", bar_beats: float = 4.0) -> Path:
         """The roll as a picture: pitch names on the vertical axis (every natural note on a range
@@ -87,6 +87,7 @@ class PianoRoll:
         lines and a bar line every ``bar_beats`` quarter notes (default 4: 4/4), the primed part
         shaded grey and the sampled part blue."""
         import matplotlib
+        import pretty_midi
 
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
@@ -97,15 +98,15 @@ class PianoRoll:
         low, high = max(low, 0), min(high, KEYS - 1)
         frames = len(roll)
         beats = frames * self.frame_beats
-        image = np.zeros((high - low + 1, max(frames, 1), 3)) + 1.0
-        colour_sampled, colour_primed = np.array([0.12, 0.35, 0.75]), np.array([0.45, 0.45, 0.45])
-        for t in range(frames):
-            on = np.flatnonzero(roll[t, low: high + 1])
-            image[on, t] = colour_primed if t < self.primed else colour_sampled
+        image = np.ones((high - low + 1, max(frames, 1), 3))
+        on = roll[:, low: high + 1].T > 0  # (keys shown, frames)
+        primed = np.arange(frames) < self.primed
+        image[:, :frames][on & primed] = (0.45, 0.45, 0.45)
+        image[:, :frames][on & ~primed] = (0.12, 0.35, 0.75)
         width = min(16.0, max(6.0, beats * 0.25))
         fig, ax = plt.subplots(figsize=(width, max(3.0, (high - low) * 0.09)))
         ax.imshow(image, origin="lower", aspect="auto", interpolation="nearest",
-                  extent=(0, beats, low - 0.5, high + 0.5))
+                  extent=(0, max(beats, self.frame_beats), low - 0.5, high + 0.5))
         for beat in range(int(beats) + 1):
             ax.axvline(beat, color="#cccccc", linewidth=0.4, zorder=0)
         for bar in np.arange(0.0, beats + 1e-9, bar_beats):
@@ -115,13 +116,13 @@ class PianoRoll:
         ticks = sorted({k for k in range(low, high + 1) if (k + LOWEST) % 12 in wanted}
                        | set(used[[0, -1]].tolist() if len(used) else ()))
         ax.set_yticks(ticks)
-        ax.set_yticklabels([pitch_name(k + LOWEST) for k in ticks])
+        ax.set_yticklabels([pretty_midi.note_number_to_name(k + LOWEST) for k in ticks])
         ax.set_xlabel(f"beats (quarter notes; bar lines every {bar_beats:g})")
         ax.set_ylabel("pitch")
         if self.primed:
             ax.axvline(self.primed * self.frame_beats, color="#d62728", linewidth=1.5)
         ax.set_title(title or f"{len(self.notes())} notes, {self.seconds:.1f} s at {self.qpm:g} quarter notes a minute"
-                     + (" (grey: prime, blue: sampled)" if self.primed else ""))
+                     + (" (grey: prime, blue: sampled)" if self.primed else ""), fontsize=10, wrap=True)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)

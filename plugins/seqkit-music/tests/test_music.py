@@ -241,7 +241,7 @@ def test_frame_nll_and_acc_match_a_hand_computed_case():
             super().__init__()
             self.head = head
 
-        def read(self, x, lengths, state=None):
+        def encoder(self, x, lengths, state=None):
             return torch.zeros(x.size(0), x.size(1), 4), None
 
     from seqkit_music.model import MusicModel
