@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from . import registry
+from . import distributed, registry
 from .checkpoint import load_checkpoint
 from .errors import RecipeError, SeqkitError
 from .fsio import write_text_atomic
@@ -245,21 +245,47 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: boo
     _absolute_paths(recipe)
     task = check_recipe(recipe)
     device = resolve_device(recipe.device, where=f"{recipe.source}: device")
-    with run_folder_lock(out):
-        resume = _prepare_folder(out, resume=resume, log=log)
-        if resume:
-            _check_resume(recipe, out)
-        return _run(recipe, task, device, out, resume=resume, progress=progress, log=log)
+    ctx = distributed.setup(device)  # under torchrun with more than one process
+    try:
+        if ctx is None:
+            with run_folder_lock(out):
+                resume = _prepare_folder(out, resume=resume, log=log)
+                if resume:
+                    _check_resume(recipe, out)
+                return _run(recipe, task, device, out, resume=resume, progress=progress, log=log)
+        # Data-parallel: rank 0 holds the folder's lock and alone writes into it; it checks the
+        # folder, then tells the others whether the run resumes.
+        lock = run_folder_lock(out) if ctx.main else contextlib.nullcontext()
+        with lock:
+            if ctx.main:
+                resume = _prepare_folder(out, resume=resume, log=log)
+                if resume:
+                    _check_resume(recipe, out)
+            resume = ctx.broadcast(resume)
+            return _run(recipe, task, ctx.device, out, resume=resume, progress=progress,
+                        log=log if ctx.main else (lambda msg: None), ctx=ctx)
+    finally:
+        distributed.teardown()
 
 
 def _run(recipe: Recipe, task: Task, device: torch.device, out: Path, *, resume: bool, progress: bool,
-         log) -> dict[str, Any]:
+         log, ctx: Optional[distributed.Context] = None) -> dict[str, Any]:
     started = time.perf_counter()
-    write_text_atomic(out / RECIPE_FILE, recipe.to_yaml())
+    main = ctx is None or ctx.main
+    if main:
+        write_text_atomic(out / RECIPE_FILE, recipe.to_yaml())
     if recipe.train.threads > 0:
         torch.set_num_threads(recipe.train.threads)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if ctx is not None else 1
+    if local * torch.get_num_threads() > (os.cpu_count() or 1) and device.type == "cpu":
+        log(f"note: {local} processes of {torch.get_num_threads()} threads each on {os.cpu_count()} cores "
+            f"slow each other down; add --set train.threads={max(1, (os.cpu_count() or 1) // local)}")
     reuse_freed_memory()
+    if ctx is not None and not ctx.main:
+        ctx.barrier()  # rank 0 builds the vocabularies and data caches; the others then read them
     prepared = task.prepare(recipe, out, log=log)
+    if ctx is not None and ctx.main:
+        ctx.barrier()
     model = prepared.model
     if recipe.encoder.init_from and not resume:
         init_from_run(model, Path(recipe.encoder.init_from), log=log)
@@ -267,14 +293,18 @@ def _run(recipe: Recipe, task: Task, device: torch.device, out: Path, *, resume:
     trainer = Trainer(
         model, recipe.train, out, device=device, train_batches=prepared.train_batches,
         valid_batches=prepared.valid_batches, monitor=task.monitor, mode=task.mode,
-        progress=progress, meta={"recipe": recipe.to_dict()},
+        progress=progress, meta={"recipe": recipe.to_dict()}, distributed=ctx,
     )
     summary = trainer.fit(resume=resume)
     if summary.get("stopped") == "interrupted":
         stopped = Interrupted(f"interrupted; continue with: seqkit recipe run {recipe.source} --out {out} --resume")
         if trainer.stop_signal == signal.SIGTERM:
             stopped.exit_code = 143
+        if not main:
+            stopped.quiet = True  # rank 0 says it
         raise stopped
+    if not main:  # rank 0 tests the best checkpoint and writes metrics.json
+        return {}
     metrics: dict[str, Any] = {}
     if prepared.final_eval is not None:
         trainer.restore("best")
@@ -284,6 +314,7 @@ def _run(recipe: Recipe, task: Task, device: torch.device, out: Path, *, resume:
     metrics.update({
         "stopped": summary.get("stopped"), "steps": summary.get("steps"), "epochs": summary.get("epochs"),
         "best_valid": summary.get("best"), "device": str(device), "threads": torch.get_num_threads(),
+        "processes": ctx.world if ctx is not None else 1,
         "wall_time_s": round(time.perf_counter() - started, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     })

@@ -32,7 +32,8 @@ from torch import nn
 from .errors import SeqkitError
 from .fsio import atomic_write, write_text_atomic
 
-__all__ = ["load_checkpoint", "load_extra", "preserved_rng", "read_meta", "save_checkpoint"]
+__all__ = ["capture_rng", "load_checkpoint", "load_extra", "preserved_rng", "read_meta", "restore_rng",
+           "save_checkpoint"]
 
 FORMAT = "seqkit-checkpoint"
 VERSION = 1
@@ -111,6 +112,17 @@ def read_meta(path: Path) -> dict:
     """Return the ``meta`` dict of a checkpoint without loading its tensors."""
     payload, _ = _read(Path(path), with_tensors=False)
     return payload["meta"]
+
+
+def capture_rng() -> tuple[dict, dict[str, torch.Tensor]]:
+    """This process's torch/CUDA/Python/numpy RNG state: (JSON-able part, tensors)."""
+    tensors: dict[str, torch.Tensor] = {}
+    return _capture_rng(tensors), tensors
+
+
+def restore_rng(rng: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Restore what :func:`capture_rng` returned."""
+    _restore_rng(rng, tensors)
 
 
 @contextlib.contextmanager

@@ -92,13 +92,19 @@ class ModelOutput:
     loss: the mean training loss of the batch (a scalar tensor).
     state: recurrent state to carry into the next batch (truncated backpropagation through
         time), or None. The trainer detaches it, passes it back as ``state``, starts each epoch
-        with None and keeps it in the ``last`` checkpoint so that resuming stays exact.
+        with None and keeps it in the ``last`` checkpoint so that resuming stays exact. Its
+        tensors hold one column per batch row in dimension 1, as the encoder's
+        ``(num_layers * D, N, H)`` do (data-parallel training splits and joins them there).
     extra: anything else the model wants to hand back (logits, per-item losses).
+    count: what ``loss`` is a mean over (tokens, frames, target units, sequences), or None for
+        ``batch.num_items``. Data-parallel training weights each process's share of a batch by
+        it, so N processes follow the gradient of the whole batch's mean, as one process does.
     """
 
     loss: Tensor
     state: Optional[State] = None
     extra: Optional[dict[str, Any]] = None
+    count: Optional[float] = None
 
 
 class TaskModel(Protocol):

@@ -23,10 +23,15 @@ trainer also keeps an exponential moving average of the weights, updated after e
 the initial weights, whose share after k steps is ``d ** k``) and saved in ``last`` so that
 resuming stays exact.  When training ends, each of these averages is validated; the best one replaces
 ``best`` if it beats the best single epoch, which is then kept as ``best-epoch``.
+
+Data-parallel (``distributed=`` a :class:`seqkit.distributed.Context`, under torchrun): each rank
+trains on its rows of every batch through DistributedDataParallel, rank 0 alone writes the run
+folder, and a signal on any rank stops all of them after the same step (``docs/distributed.md``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import itertools
@@ -45,7 +50,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, load_extra, preserved_rng, save_checkpoint
+from .checkpoint import capture_rng, load_checkpoint, load_extra, preserved_rng, restore_rng, save_checkpoint
+from .distributed import Context, shard_rows, slice_batch
 from .errors import SeqkitError
 from .recipe import TrainConfig
 from .tasks import ModelOutput, seed_everything
@@ -57,6 +63,8 @@ _RESUME_SENSITIVE = ("seed", "batch_size", "sortagrad", "optimizer", "lr", "lr_d
                      "warmup_steps", "weight_decay", "clip_grad_norm", "max_length", "ema_decay")
 _EMA = "ema."  # prefix of the moving average's tensors among a checkpoint's extras
 _CARRY = "carry."  # prefix of the carried recurrent state's tensors (carry.0, carry.1, ...)
+_RANK_RNG = "rank."  # rank.<r>.<rng tensor>: the RNG streams of data-parallel ranks other than 0
+_REPEAT_S = 2.0  # under torchrun a Ctrl-C reaches a process twice (terminal and launcher): one stop
 
 
 @dataclass
@@ -111,7 +119,8 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, run_dir: Path, *,
                  device: torch.device, train_batches: Callable[[int], Sequence[Any]],
                  valid_batches: Sequence[Any] | None, monitor: str,
-                 mode: Literal["max", "min"], progress: bool = True, meta: dict | None = None):
+                 mode: Literal["max", "min"], progress: bool = True, meta: dict | None = None,
+                 distributed: Context | None = None):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.device = torch.device(device)
@@ -122,18 +131,23 @@ class Trainer:
         self.valid_batches = valid_batches
         self.monitor = monitor
         self.mode = mode
-        self.progress = progress
+        self.dist = distributed  # None: this process trains alone
+        self._main = distributed is None or distributed.main  # the process that writes and reports
+        self.progress = progress and self._main
         self.meta = dict(meta or {})
         self.optimizer = build_optimizer(self.model, config)
         check_train_config(config)
-        if config.precision == "bf16" and self.device.type == "cpu" and not _cpu_has_native_bf16():
+        if config.precision == "bf16" and self.device.type == "cpu" and not _cpu_has_native_bf16() and self._main:
             print("Note: train.precision is bf16 but this CPU has no native bf16 (AVX512-BF16 or AMX); "
                   "bf16 matmuls run far slower than fp32 here.", file=sys.stderr)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.state = _State()
         self.stats: dict[str, float] = {}
-        self._stop_requested = False
+        self._stop_requested = False  # a signal reached this process
+        self._stop_all = False  # data-parallel: a signal reached some process (agreed on every step)
+        self._signal_time = 0.0
         self.stop_signal: int | None = None  # the signal that stopped training, if one did
+        self._ddp: nn.Module | None = None  # the DistributedDataParallel wrapper training steps go through
         self._fitted = False
         self._saved_key: tuple | None = None
         self._last_valid: dict = {}
@@ -146,12 +160,16 @@ class Trainer:
         self._ema_avg: list[torch.Tensor] = []  # self._ema's values, in order, for the per-step update
         self._ema_live: list[torch.Tensor] = []  # the model's tensors that they follow
         self._carry: tuple[torch.Tensor, ...] | None = None  # recurrent state handed to the next batch
+        self._out_state: tuple[torch.Tensor, ...] | None = None  # the state the latest forward returned
 
     def _autocast(self) -> torch.autocast:
         """bf16 autocast for forward and loss when ``precision: bf16`` (backward runs outside it)."""
         enabled = self.config.precision == "bf16"
         if enabled and self.device.type not in ("cpu", "cuda"):
             raise SeqkitError(f"train.precision: bf16 is supported on cpu and cuda, not {self.device.type}")
+        if enabled and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise SeqkitError(f"train.precision: bf16 needs a GPU that computes in bf16 (Ampere or newer); "
+                              f"{torch.cuda.get_device_name(self.device)} does not: use precision=fp32")
         return torch.autocast(self.device.type if enabled else "cpu", dtype=torch.bfloat16, enabled=enabled)
 
     def checkpoint_path(self, which: str) -> Path:
@@ -174,22 +192,24 @@ class Trainer:
         self._seed()
         self._t0 = self._window_t0 = time.perf_counter()
         self._items = 0
-        self._stop_requested = False
+        self._stop_requested = self._stop_all = False
         self.stop_signal = None
         self._last_valid = {}
         previous = self._install_sigint()
         try:
             self._prepare(resume)
-            with open(self.metrics_path, "a", encoding="utf-8") as self._log:
+            log = open(self.metrics_path, "a", encoding="utf-8") if self._main else contextlib.nullcontext()
+            with log as self._log:
                 stopped = self._run()
-                if stopped in ("completed", "early_stopping"):
+                if stopped in ("completed", "early_stopping") and self._main:
                     self._try_averages()
         finally:
             self._log = None
+            self._ddp = None  # DDP's reducer must go before the process group it talks through
             for sig, old in (previous or {}).items():
                 signal.signal(sig, old)
             self._record_stats()
-        if stopped == "interrupted":
+        if stopped == "interrupted" and self._main:
             print(f"Interrupted at step {self.state.step}; saved {self.checkpoint_path('last')}. "
                   "Run the same command with --resume to continue.", file=sys.stderr)
         return {"best": self.state.best or {}, "stopped": stopped, "steps": self.state.step,
@@ -231,7 +251,7 @@ class Trainer:
     def _train_epoch(self, batches: Sequence[Any]) -> str | None:
         """Train the rest of the current epoch; return why it stopped early, if it did."""
         config, st = self.config, self.state
-        if self._stop_requested:
+        if self._stop_requested and self.dist is None:  # data-parallel: decided together after a step
             return "interrupted"
         total = len(batches) - st.batch
         if config.max_steps > 0:
@@ -249,7 +269,7 @@ class Trainer:
                 rate = bar_items / max(time.perf_counter() - bar_t0, 1e-9)
                 bar.set_postfix(loss=f"{st.epoch_loss / st.epoch_steps:.4f}",
                                 items_s=f"{rate:.0f}", refresh=False)
-                if self._stop_requested:
+                if self._stop_all if self.dist is not None else self._stop_requested:
                     return "interrupted"
                 if self._limit_reached():
                     return "max_steps" if st.batch < len(batches) else None
@@ -259,22 +279,46 @@ class Trainer:
                     self._save_last()
         return None
 
+    def _wrap(self, part: Any) -> None:
+        """Data-parallel: train through DistributedDataParallel, made at the first step (after
+        ``_prepare`` has loaded the weights; DDP starts every rank from rank 0's). One trial
+        backward on that step's rows, with the RNG streams put back after it, finds out whether
+        the recipe leaves parameters out of the loss; only then does DDP search the graph for
+        them at every step. (static_graph, which would skip the search, gave wrong gradients
+        for the fused LSTM with torch 2.14.)"""
+        from torch.nn.parallel import DistributedDataParallel
+
+        assert self.dist is not None
+        with preserved_rng(), self._autocast():
+            out = self.model(part) if self._carry is None else self.model(part, state=self._carry)
+            (out.loss if isinstance(out, ModelOutput) else out).backward()
+        unused = any(p.grad is None for p in self.model.parameters() if p.requires_grad)
+        self.optimizer.zero_grad(set_to_none=True)
+        unused = any(row[0] for row in self.dist.gather([float(unused)]))
+        self._ddp = DistributedDataParallel(self.model, device_ids=None, find_unused_parameters=unused)
+
     def _step(self, batch: Any) -> tuple[float, int]:
         """One optimizer step on ``batch``; return its loss and item count."""
-        batch = batch.to(self.device)
         lr = self.learning_rate(self.state.step, self.state.epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        with self._autocast():
-            out = self.model(batch) if self._carry is None else self.model(batch, state=self._carry)
-        loss = out.loss if isinstance(out, ModelOutput) else out
-        value = float(loss.detach())  # syncs, but the NaN check needs the value anyway
+        if self.dist is not None:
+            loss, value, items, real = self._parallel_loss(batch)
+        else:
+            batch = _to_device(batch, self.device)
+            with self._autocast():
+                out = self.model(batch) if self._carry is None else self.model(batch, state=self._carry)
+            loss = out.loss if isinstance(out, ModelOutput) else out
+            value = float(loss.detach())  # syncs, but the NaN check needs the value anyway
+            items, real = int(batch.num_items), True
+            self._out_state = out.state if isinstance(out, ModelOutput) else None
         if not math.isfinite(value):
             raise SeqkitError(f"loss became NaN/inf at step {self.state.step + 1}; "
                               "lower train.lr or set train.clip_grad_norm")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with self.dist.talking() if self.dist is not None else contextlib.nullcontext():
+            loss.backward()  # DDP averages the gradients over the processes here
         if self.config.clip_grad_norm > 0:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_grad_norm)
@@ -282,13 +326,50 @@ class Trainer:
                 raise SeqkitError(f"gradient became NaN/inf at step {self.state.step + 1}; "
                                   "lower train.lr or set train.clip_grad_norm")
         self.optimizer.step()
-        if isinstance(out, ModelOutput) and out.state is not None:
-            self._carry = tuple(t.detach() for t in out.state)
+        if real and self._out_state is not None:
+            self._carry = tuple(t.detach() for t in self._out_state)
+        self._out_state = None
         if self._ema:
             with torch.no_grad():
                 torch._foreach_lerp_(self._ema_avg, self._ema_live, 1.0 - self.config.ema_decay)
         self.state.step += 1
-        return value, int(batch.num_items)
+        return value, items
+
+    def _parallel_loss(self, batch: Any) -> tuple[torch.Tensor, float, int, bool]:
+        """This rank's share of ``batch`` through DDP: (the loss to backpropagate, the whole
+        batch's mean loss, its items, whether this rank had rows). Each share's mean loss is
+        weighted by what it is a mean over, so the gradient DDP averages over ranks is the
+        gradient of the whole batch's mean loss, as one process computes it. The same exchange
+        tells every rank whether a signal reached any of them, so all stop after the same step."""
+        ctx = self.dist
+        assert ctx is not None
+        start, stop = shard_rows(len(batch), ctx.rank, ctx.world)
+        real = stop > start  # a batch with fewer rows than ranks: a weightless row keeps DDP in step
+        part = slice_batch(batch, start, stop) if real else slice_batch(batch, 0, 1)
+        part = _to_device(part, self.device)
+        if self._ddp is None:
+            self._wrap(part)
+        with self._autocast():
+            out = self._ddp(part) if self._carry is None else self._ddp(part, state=self._carry)
+        loss = out.loss if isinstance(out, ModelOutput) else out
+        count = 0.0
+        if real:
+            given = getattr(out, "count", None)
+            count = float(given) if given is not None else float(part.num_items)
+        local = float(loss.detach())
+        items = int(part.num_items) if real else 0
+        every = ctx.gather([local * count if count else 0.0, count, items,
+                            float(self._stop_requested), float(self.stop_signal or 0)])
+        total = sum(row[1] for row in every)
+        if total <= 0:
+            raise SeqkitError(f"step {self.state.step + 1}: the batch's loss is a mean over nothing "
+                              "(ModelOutput.count is 0 on every rank)")
+        self._stop_all = any(row[3] for row in every)
+        if self._stop_all:
+            self.stop_signal = int(max(row[4] for row in every)) or None
+        self._out_state = out.state if isinstance(out, ModelOutput) else None
+        return loss * (count * ctx.world / total), sum(row[0] for row in every) / total, \
+            int(sum(row[2] for row in every)), real
 
     def learning_rate(self, step: int, epoch: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based) in epoch ``epoch`` (0-based).
@@ -334,7 +415,9 @@ class Trainer:
     # --- validation and checkpoints --------------------------------------------------------
 
     def _validate(self, *, partial: bool) -> None:
-        """Validate, log, and track the best model; ``partial`` marks a mid-epoch stop."""
+        """Validate, log, and track the best model; ``partial`` marks a mid-epoch stop.
+        Data-parallel: every rank validates on the whole split (same weights, same result), so
+        all take the same decisions without an exchange; rank 0 alone writes."""
         st = self.state
         if self.valid_batches is None:
             # Without validation data the newest weights are the best we know of.
@@ -407,16 +490,32 @@ class Trainer:
         return (st.epoch, st.batch, st.step, st.metrics_lines)
 
     def _save_last(self) -> None:
+        """Save ``last``. Data-parallel: every rank calls this at the same step; the carried state
+        of every rank's rows is joined into the whole batch's (so a resumed run may use another
+        number of processes) and each rank's RNG streams are kept (so the same number resumes
+        exactly); rank 0 writes."""
         if self._saved_key == self._progress_key():
             return  # nothing happened since the previous save (e.g. Ctrl-C at an epoch end)
+        carry, meta = self._carry, self._checkpoint_meta()
         extra = {_EMA + name: tensor for name, tensor in self._ema.items()}
-        extra.update({f"{_CARRY}{i}": t for i, t in enumerate(self._carry or ())})
-        save_checkpoint(self.checkpoint_path("last"), self.model, self.optimizer,
-                        self._checkpoint_meta(), extra)
+        if self.dist is not None:
+            carries = self.dist.gather_objects(None if carry is None else tuple(t.cpu() for t in carry))
+            streams = self.dist.gather_objects(capture_rng())
+            self._saved_key = self._progress_key()
+            if not self._main:
+                return
+            kept = [c for c in carries if c is not None]
+            carry = tuple(torch.cat(parts, dim=1) for parts in zip(*kept)) if kept else None
+            meta["trainer"]["ranks"] = {"world": self.dist.world, "rng": [rng for rng, _ in streams]}
+            for rank, (_, tensors) in enumerate(streams):
+                extra.update({f"{_RANK_RNG}{rank}.{key}": t for key, t in tensors.items()})
+        extra.update({f"{_CARRY}{i}": t for i, t in enumerate(carry or ())})
+        save_checkpoint(self.checkpoint_path("last"), self.model, self.optimizer, meta, extra)
         self._saved_key = self._progress_key()
 
     def _save_best(self) -> None:
-        save_checkpoint(self.checkpoint_path("best"), self.model, None, self._checkpoint_meta())
+        if self._main:
+            save_checkpoint(self.checkpoint_path("best"), self.model, None, self._checkpoint_meta())
 
     # --- averaging the last epochs --------------------------------------------------------
 
@@ -434,7 +533,7 @@ class Trainer:
 
     def _save_snapshot(self, epoch: int) -> None:
         """Keep the weights after ``epoch`` and drop snapshots too old to be averaged."""
-        if self.config.average_last < 2:
+        if self.config.average_last < 2 or not self._main:
             return
         save_checkpoint(self._snapshot_path(epoch), self.model, None, self._checkpoint_meta())
         for number, path in self._snapshots().items():
@@ -505,13 +604,15 @@ class Trainer:
     # --- setup and bookkeeping -------------------------------------------------------------
 
     def _seed(self) -> None:
-        seed_everything(self.config.seed)
+        # Data-parallel ranks draw their own dropout masks (rank 0 the single process's).
+        seed_everything(self.config.seed + (self.dist.rank if self.dist is not None else 0))
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
 
     def _prepare(self, resume: bool) -> None:
         """Load ``last`` when resuming; otherwise clear what an earlier run left behind."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         last = self.checkpoint_path("last")
         if resume and last.exists():
             meta = load_checkpoint(last, self.model, self.optimizer, restore_rng=True)
@@ -521,17 +622,21 @@ class Trainer:
                                   "--resume")
             known = {f.name for f in dataclasses.fields(_State)}
             self.state = _State(**{k: v for k, v in trainer["state"].items() if k in known})
+            self._saved_key = self._progress_key()
+            extras = load_extra(last)
+            self._start_ema(extras if self.config.ema_decay > 0 else {})
+            carried = sorted((int(k[len(_CARRY):]), v) for k, v in extras.items() if k.startswith(_CARRY))
+            self._carry = tuple(v.to(self.device) for _, v in carried) or None
+            if self.dist is not None:
+                self._resume_rank(trainer.get("ranks"), extras)
+            if not self._main:
+                return
             self._warn_changes(trainer)
             _truncate_lines(self.metrics_path, self.state.metrics_lines)
             single = self._best_epoch_path()
             if single.exists():  # an average replaced 'best' after the state in 'last'
                 os.replace(single, self.checkpoint_path("best"))
                 os.replace(single.with_suffix(".json"), self.checkpoint_path("best").with_suffix(".json"))
-            self._saved_key = self._progress_key()
-            extras = load_extra(last)
-            self._start_ema(extras if self.config.ema_decay > 0 else {})
-            carried = sorted((int(k[len(_CARRY):]), v) for k, v in extras.items() if k.startswith(_CARRY))
-            self._carry = tuple(v.to(self.device) for _, v in carried) or None
             print(f"Resuming from {last} (epoch {self.state.epoch + 1}, "
                   f"step {self.state.step}).", file=sys.stderr)
             return
@@ -540,16 +645,37 @@ class Trainer:
             if trained:  # never delete a trained model implicitly
                 raise SeqkitError(f"{last}: missing, so there is nothing to resume from; {', '.join(trained)} "
                                   "kept; train into another folder")
-            print(f"No checkpoint at {last}; starting a fresh run.", file=sys.stderr)
+            if self._main:
+                print(f"No checkpoint at {last}; starting a fresh run.", file=sys.stderr)
         self.state = _State()
         self._saved_key = None
         self._carry = None
+        self._start_ema(None)
+        if not self._main:
+            return
         stale = [self.checkpoint_path("last"), self.checkpoint_path("best"), self._best_epoch_path(),
                  *self._snapshots().values()]
         for path in stale:
             _remove_checkpoint(path)
         _truncate_lines(self.metrics_path, 0)
-        self._start_ema(None)
+
+    def _resume_rank(self, ranks: dict | None, extras: dict[str, torch.Tensor]) -> None:
+        """A data-parallel rank's own part of ``last``: its rows of the carried state and, when
+        the run had as many processes as now, its own RNG streams (then resuming is exact; with
+        another number of processes the ranks other than 0 draw fresh dropout masks)."""
+        ctx = self.dist
+        assert ctx is not None
+        if self._carry is not None:
+            start, stop = shard_rows(self._carry[0].size(1), ctx.rank, ctx.world)
+            self._carry = tuple(t[:, start:stop].contiguous() for t in self._carry)
+        if ctx.main:
+            return  # load_checkpoint restored rank 0's streams
+        if isinstance(ranks, dict) and ranks.get("world") == ctx.world and len(ranks.get("rng", [])) == ctx.world:
+            prefix = f"{_RANK_RNG}{ctx.rank}."
+            restore_rng(ranks["rng"][ctx.rank],
+                        {k[len(prefix):]: v for k, v in extras.items() if k.startswith(prefix)})
+        else:
+            seed_everything(self.config.seed + 1_000_003 * ctx.rank + self.state.step)
 
     def _start_ema(self, saved: dict[str, torch.Tensor] | None) -> None:
         """Set up the moving average of the weights: from ``saved`` (the extras of the checkpoint
@@ -561,7 +687,7 @@ class Trainer:
         floating = [name for name, tensor in state.items() if tensor.is_floating_point()]
         stored = {name: (saved or {}).get(_EMA + name) for name in floating}
         usable = all(t is not None and t.shape == state[name].shape for name, t in stored.items())
-        if saved is not None and not usable:
+        if saved is not None and not usable and self._main:
             print("Note: the checkpoint has no usable moving average of the weights (train.ema_decay was 0, "
                   "or the model changed); it starts from the current weights.", file=sys.stderr)
         for name in floating:
@@ -593,6 +719,9 @@ class Trainer:
         return self.state.elapsed + (time.perf_counter() - self._t0)
 
     def _write_log(self, record: dict) -> None:
+        if not self._main:  # rank 0 writes; the count keeps every rank's checkpoint key in step
+            self.state.metrics_lines += 1
+            return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in record.items()}  # NaN is not valid JSON
         try:
@@ -611,8 +740,12 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop_requested:
+                if self.dist is not None and signum == self.stop_signal and \
+                        time.monotonic() - self._signal_time < _REPEAT_S:
+                    return  # the same Ctrl-C, forwarded by torchrun's launcher
                 raise KeyboardInterrupt
             self._stop_requested = True
+            self._signal_time = time.monotonic()
             self.stop_signal = signum
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             print(f"\n{name}: stopping after this step (press Ctrl-C again to abort now).", file=sys.stderr)
@@ -632,6 +765,16 @@ class Trainer:
                       "items": self._items, "items_per_s": self._items / max(wall, 1e-9)}
         if self.device.type == "cuda":
             self.stats["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """``batch.to(device)``; for a GPU, a dataclass batch's tensors are first put in pinned memory,
+    from which the batch's ``to`` (``non_blocking=True`` in seqkit's own) copies asynchronously."""
+    if device.type == "cuda" and dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        pinned = {f.name: v.pin_memory() for f in dataclasses.fields(batch)
+                  if isinstance(v := getattr(batch, f.name), torch.Tensor) and v.device.type == "cpu"}
+        batch = dataclasses.replace(batch, **pinned)
+    return batch.to(device)
 
 
 def reuse_freed_memory() -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import warnings
@@ -83,7 +84,9 @@ class _Group(click.Group):
         except SeqkitError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            if not getattr(exc, "quiet", False):
+                rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
+                click.echo(f"error: {exc}" if rank == "0" else f"error (rank {rank}): {exc}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
 
 

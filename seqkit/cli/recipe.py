@@ -77,16 +77,32 @@ def recipe_validate(recipe: Path, overrides: tuple[str, ...]) -> None:
               help="Continue the run in --out from its last checkpoint, with the run's own recipe.yaml "
                    "(--set may change how long to train, the device, threads and logging).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (log lines only).")
-def recipe_run(recipe: Path, out: Path, overrides: tuple[str, ...], resume: bool, no_progress: bool) -> None:
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N data-parallel processes on this machine (DDP through torchrun's launcher; "
+                   "the recipe's batch_size stays the global batch). See docs/distributed.md.")
+@click.pass_context
+def recipe_run(ctx: click.Context, recipe: Path, out: Path, overrides: tuple[str, ...], resume: bool,
+               no_progress: bool, nproc: int) -> None:
     """Train RECIPE, evaluate the best checkpoint on the test split, write OUT/metrics.json.
 
     OUT is locked while the run writes to it. A fresh run refuses a folder that holds a trained
-    model (use --resume, or another --out); Ctrl-C or SIGTERM saves a checkpoint first."""
+    model (use --resume, or another --out); Ctrl-C or SIGTERM saves a checkpoint first.
+    Under torchrun (or with --nproc N) the run trains with DistributedDataParallel."""
     from ..build import RECIPE_FILE, resume_recipe, run_recipe
+    from ..distributed import from_env, launch
+
+    if nproc > 1 and from_env() is None:
+        Recipe.load(recipe, overrides)  # a bad recipe is one line here, not one per process
+        argv = [*(["--debug"] if ctx.obj and ctx.obj.get("debug") else []), "recipe", "run", str(recipe),
+                "--out", str(out), *[a for o in overrides for a in ("--set", o)],
+                *(["--resume"] if resume else []), *(["--no-progress"] if no_progress else [])]
+        ctx.exit(launch(nproc, argv))
 
     resolved = Recipe.load(recipe, overrides)
     if resume and (out / RECIPE_FILE).is_file():
         resolved = resume_recipe(resolved, out, overrides)
     metrics = run_recipe(resolved, out, resume=resume, progress=not no_progress)
+    if from_env() is not None and os.environ.get("RANK") != "0":
+        return  # rank 0 prints the metrics
     shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     click.echo(json.dumps(shown, ensure_ascii=False))

@@ -143,8 +143,9 @@ class LanguageModel(nn.Module):
         (None for a split bi-LM, whose chunks start afresh)."""
         out, new_state = self.encoder(self._embed(batch.inputs), None, None if self.split else state)
         losses = self._losses(out, batch)
-        loss = sum(total for total, _ in losses) / sum(count for _, count in losses)
-        return ModelOutput(loss, None if self.split else new_state)
+        count = sum(n for _, n in losses)
+        loss = sum(total for total, _ in losses) / count
+        return ModelOutput(loss, None if self.split else new_state, count=count)
 
     def _losses(self, out: Tensor, batch: LMBatch) -> list[tuple[Tensor, int]]:
         """(summed NLL, predicted tokens) per direction."""

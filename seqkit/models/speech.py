@@ -168,7 +168,8 @@ class SpeechModel(nn.Module):
         """The CTC loss of a batch, per target unit."""
         assert batch.targets is not None and batch.target_lengths is not None
         out, lengths = self.encode(batch)
-        return ModelOutput(self.head.loss(out, lengths, batch.targets, batch.target_lengths))
+        return ModelOutput(self.head.loss(out, lengths, batch.targets, batch.target_lengths),
+                           count=int(batch.target_lengths.sum()))  # CTC's loss is a mean per target unit
 
     def decode(self, batch: SpeechBatch, beam: int = 0) -> list[str]:
         return self.decode_beams(batch, [beam])[beam]

@@ -196,7 +196,7 @@ class Classifier(nn.Module):
             loss = F.binary_cross_entropy_with_logits(logits, batch.targets.float())
         else:
             loss = F.cross_entropy(logits, batch.targets)
-        return ModelOutput(loss)
+        return ModelOutput(loss, count=len(batch))  # a mean per text
 
     @torch.inference_mode()
     def evaluate(self, batches) -> dict[str, float]:

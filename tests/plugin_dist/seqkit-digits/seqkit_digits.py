@@ -112,7 +112,8 @@ class DigitsModel(nn.Module):
         return self.head(out, mask)
 
     def forward(self, batch, state=None):
-        return ModelOutput(F.cross_entropy(self.logits(batch), batch.labels))
+        # count: the loss is a mean per string (data-parallel training weighs shares by it)
+        return ModelOutput(F.cross_entropy(self.logits(batch), batch.labels), count=len(batch))
 
     def evaluate(self, batches):
         right = total = 0
