@@ -8,8 +8,8 @@ is switched off (every dropout option the recipe has is set to 0) unless --keep-
 N processes draw other masks than one process does and the runs are statistically alike, not equal.
 Prints, as JSON: the largest relative difference of the training loss at any step, the final
 metrics of each run, and training steps per second (the mean of the logged step times after the
-first 5 steps). With ``--interrupt K`` it also sends SIGTERM to rank 1 of an N-process run after
-step K, resumes it with N and with 1 process, and reports their final metrics and the losses'
+first 5 steps). With ``--interrupt K`` it also sends SIGTERM (``--signal INT``: SIGINT) to rank 1
+of an N-process run after step K, resumes it with N and with 1 process, and reports their final metrics and the losses'
 largest differences against the uninterrupted N-process run. Run it with nothing else on the machine.
 """
 
@@ -97,8 +97,9 @@ def _rank_pid(tag: str, rank: int) -> int | None:
     return None
 
 
-def _interrupted(recipe: Path, out: Path, nproc: int, sets: list[str], threads: int, after: int) -> int:
-    """Train with ``nproc`` processes, SIGTERM rank 1 after step ``after``; returns the step it stopped at."""
+def _interrupted(recipe: Path, out: Path, nproc: int, sets: list[str], threads: int, after: int,
+                 sig: signal.Signals) -> int:
+    """Train with ``nproc`` processes, send ``sig`` to rank 1 after step ``after``; returns the step it stopped at."""
     tag = uuid.uuid4().hex
     proc = subprocess.Popen(_command(recipe, out, nproc, sets), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=_env(threads, tag), cwd=ROOT)
@@ -106,12 +107,12 @@ def _interrupted(recipe: Path, out: Path, nproc: int, sets: list[str], threads: 
         if (out / "metrics.jsonl").exists() and len(_losses(out)) >= after:
             pid = _rank_pid(tag, 1)
             if pid is not None:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, sig)
                 break
         time.sleep(0.05)
     _, stderr = proc.communicate()
-    if proc.returncode != 143:
-        sys.exit(f"the interrupted run exited {proc.returncode}, not 143\n{stderr[-2000:]}")
+    if proc.returncode != 128 + sig:
+        sys.exit(f"the interrupted run exited {proc.returncode}, not {128 + sig}\n{stderr[-2000:]}")
     return len(_losses(out))
 
 
@@ -122,7 +123,8 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="threads per process")
     parser.add_argument("--interrupt", type=int, default=0, metavar="K",
-                        help="also SIGTERM rank 1 after step K and resume with N and with 1 process")
+                        help="also signal rank 1 after step K and resume with N and with 1 process")
+    parser.add_argument("--signal", choices=("TERM", "INT"), default="TERM", help="the signal --interrupt sends")
     parser.add_argument("--keep-dropout", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
@@ -144,9 +146,10 @@ def main() -> None:
         if args.interrupt:
             for resume_with in (args.nproc, 1):
                 out = tmp / f"stopped-{resume_with}"
-                stopped = _interrupted(recipe, out, args.nproc, sets, args.threads, args.interrupt)
+                sig = signal.Signals[f"SIG{args.signal}"]
+                stopped = _interrupted(recipe, out, args.nproc, sets, args.threads, args.interrupt, sig)
                 _train(recipe, out, resume_with, sets, args.threads, "--resume")
-                report[f"sigterm_at_{stopped}_resumed_with_{resume_with}"] = {
+                report[f"sig{args.signal.lower()}_at_{stopped}_resumed_with_{resume_with}"] = {
                     "loss_max_rel_diff": _worst(_losses(many), _losses(out)),
                     "identical_losses": _losses(many) == _losses(out), "final": _final(out)}
         print(json.dumps(report, indent=1))

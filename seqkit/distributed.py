@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -233,22 +234,22 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         torchrun.run(args)
     except ChildFailedError as exc:
         codes = [f.exitcode for _, f in sorted(exc.failures.items())]
-        if any(c < 0 for c in codes):  # killed by a signal: that process could report nothing itself
+        # Killed by a signal, the process could report nothing itself. SIGTERM is torchrun's own way of
+        # stopping the rest once one process has ended, even one that ended well but early.
+        if any(c < 0 and c != -signal.SIGTERM for c in codes):
             ranks = ", ".join(f"rank {rank} by {_signal_name(-f.exitcode)}" if f.exitcode < 0
                               else f"rank {rank} exited {f.exitcode}" for rank, f in sorted(exc.failures.items()))
             print(f"error: a training process died ({ranks}; torchrun stops the others once one has died); "
                   "the last checkpoint is kept: continue with --resume", file=sys.stderr)
             return 1
         stopped = [c for c in codes if c in (130, 143)]
-        return stopped[0] if stopped else next((c for c in codes if c > 0), 1)
+        return stopped[0] if stopped else next((c for c in codes if c > 0), 128 + signal.SIGTERM)
     except SignalException as exc:
         return 128 + int(exc.sigval)
     return 0
 
 
 def _signal_name(number: int) -> str:
-    import signal
-
     try:
         return signal.Signals(number).name
     except ValueError:
