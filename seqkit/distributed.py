@@ -60,7 +60,9 @@ class Context:
         did not answer within the timeout) is one clear error instead of a gloo/NCCL traceback."""
         try:
             yield
-        except RuntimeError as exc:  # torch.distributed's DistError and the backends' own errors
+        except RuntimeError as exc:
+            if not _lost_contact(exc):
+                raise  # any other error in the block (a bug, a shape mismatch) is what it is
             reason = " ".join(str(exc).split())
             reason = (reason.split("] ", 1)[-1] if reason.startswith("[") else reason).split(". ")[0]
             raise SeqkitError(f"rank {self.rank}: lost contact with another process of this run ({reason[:160]}); "
@@ -104,6 +106,16 @@ class Context:
                 dist.barrier()
 
 
+def _lost_contact(exc: RuntimeError) -> bool:
+    """Whether ``exc`` says another process is gone or silent: torch.distributed's DistError, or
+    the plain RuntimeError that gloo raises when a peer's connection closes or a wait times out."""
+    import torch.distributed as dist
+
+    text = str(exc).lower()
+    return isinstance(exc, dist.DistError) or any(
+        word in text for word in ("gloo", "nccl", "connection", "timed out", "timeout"))
+
+
 def from_env() -> Optional[tuple[int, int, int]]:
     """(rank, world size, local rank) when torchrun started this process with more than one
     process in the job, else None (a plain ``seqkit`` run, or ``torchrun --nproc-per-node 1``)."""
@@ -118,11 +130,6 @@ def from_env() -> Optional[tuple[int, int, int]]:
 
 
 _current: Optional[Context] = None
-
-
-def current() -> Optional[Context]:
-    """The context of the data-parallel run this process is part of, or None."""
-    return _current
 
 
 def setup(device: torch.device) -> Optional[Context]:
@@ -209,12 +216,6 @@ def slice_batch(batch: Any, start: int, stop: int) -> Any:
         elif isinstance(value, (list, tuple)) and not isinstance(value, str) and len(value) == rows:
             changes[field.name] = type(value)(value[start:stop]) if isinstance(value, list) else value[start:stop]
     return dataclasses.replace(batch, **changes)
-
-
-def say(message: str) -> None:
-    """Print on stderr from rank 0 only (every process prints outside a data-parallel run)."""
-    if _current is None or _current.main:
-        print(message, file=sys.stderr)
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:

@@ -9,6 +9,9 @@ class SeqkitError(Exception):
     The message must say what is wrong, where (file, line or key path) and how to fix it.
     """
 
+    exit_code = 2
+    quiet = False  # already said by another process of a data-parallel run: exit without printing
+
 
 class RecipeError(SeqkitError):
     """A recipe that cannot be loaded or validated."""

@@ -23,7 +23,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seqkit.distributed import shard_rows, slice_batch
+from seqkit.distributed import Context, shard_rows, slice_batch
 from seqkit.errors import SeqkitError
 from seqkit.models.lm import LMBatch
 from seqkit.models.speech import SpeechBatch
@@ -84,6 +84,17 @@ def test_a_batch_that_cannot_be_split_is_one_clear_error():
     assert slice_batch(Own([1, 2, 3]), 0, 2).rows == [2, 1]  # the batch's own select() wins
 
 
+def test_only_a_lost_process_is_reported_as_one():
+    ctx = Context(rank=1, world=2, local_rank=1, device=torch.device("cpu"), backend="gloo")
+    with pytest.raises(SeqkitError, match=r"rank 1: lost contact with another process of this run \(Read error"):
+        with ctx.talking():
+            raise RuntimeError("[../gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:6544: Connection reset "
+                               "by peer. This is typically caused by a remote worker hanging")
+    with pytest.raises(RuntimeError, match="size mismatch"):  # a bug stays a bug, not a "lost process"
+        with ctx.talking():
+            raise RuntimeError("size mismatch, got 3 and 4")
+
+
 # -- real runs ----------------------------------------------------------------------------------
 
 
@@ -130,6 +141,17 @@ def test_two_processes_train_the_ner_recipe_as_one_does(ner_runs):
     assert lines[0] == lines[1]
     assert proc.stdout.count('"f1"') == 1 and proc.stderr.count("data: 400 train") == 1
     assert "Traceback" not in proc.stderr
+
+
+def test_a_batch_with_fewer_rows_than_processes_trains(tmp_path):
+    """batch_size 3 over 400 sentences in pools of 150: the last pool leaves a batch of 1 row, so one
+    process trains on a weightless row that step; the run matches one process's all the same."""
+    sets = [*NER_SETS, "train.batch_size=3"]
+    one, two = _run(CONLL, tmp_path / "one", sets=sets), _run(CONLL, tmp_path / "two", nproc=2, sets=sets)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(a) == len(b) == 134  # 133 batches of 3 rows and one of 1
+    _close(a[:STEPS], b[:STEPS], 1e-5)
 
 
 WORDS = "the a cat dog bird sat ran flew on under over mat log tree".split()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 import warnings
@@ -16,6 +15,17 @@ __all__ = ["cli", "main"]
 
 class Terminated(BaseException):
     """SIGTERM outside the training loop (which saves first and exits 143 itself)."""
+
+
+def _rank() -> int:
+    """This process's rank in a data-parallel run (0 outside one)."""
+    try:
+        from ..distributed import from_env
+
+        found = from_env()
+    except SeqkitError:
+        return 0
+    return found[0] if found else 0
 
 
 def _on_sigterm(signum, frame):
@@ -84,10 +94,10 @@ class _Group(click.Group):
         except SeqkitError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            if not getattr(exc, "quiet", False):
-                rank = os.environ.get("RANK", "0") if os.environ.get("WORLD_SIZE", "1") != "1" else "0"
-                click.echo(f"error: {exc}" if rank == "0" else f"error (rank {rank}): {exc}", err=True)
-            sys.exit(getattr(exc, "exit_code", 2))
+            if not exc.quiet:
+                rank = _rank()
+                click.echo(f"error: {exc}" if not rank else f"error (rank {rank}): {exc}", err=True)
+            sys.exit(exc.exit_code)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -102,7 +102,7 @@ def recipe_run(ctx: click.Context, recipe: Path, out: Path, overrides: tuple[str
     if resume and (out / RECIPE_FILE).is_file():
         resolved = resume_recipe(resolved, out, overrides)
     metrics = run_recipe(resolved, out, resume=resume, progress=not no_progress)
-    if from_env() is not None and os.environ.get("RANK") != "0":
+    if (from_env() or (0,))[0] != 0:
         return  # rank 0 prints the metrics
     shown = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     click.echo(json.dumps(shown, ensure_ascii=False))
