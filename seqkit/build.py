@@ -246,6 +246,7 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: boo
     task = check_recipe(recipe)
     device = resolve_device(recipe.device, where=f"{recipe.source}: device")
     ctx = distributed.setup(device)  # under torchrun with more than one process
+    together = True  # whether every process leaves at the same point (finished, or interrupted at one step)
     try:
         if ctx is None:
             with run_folder_lock(out):
@@ -264,8 +265,13 @@ def run_recipe(recipe: Recipe, out: Path, *, resume: bool = False, progress: boo
             resume = ctx.broadcast(resume)
             return _run(recipe, task, ctx.device, out, resume=resume, progress=progress,
                         log=log if ctx.main else (lambda msg: None), ctx=ctx)
+    except Interrupted:
+        raise
+    except BaseException:
+        together = False  # an error in this process alone: the others must not wait for it
+        raise
     finally:
-        distributed.teardown()
+        distributed.teardown(together=together)
 
 
 def _run(recipe: Recipe, task: Task, device: torch.device, out: Path, *, resume: bool, progress: bool,

@@ -166,15 +166,18 @@ def setup(device: torch.device) -> Optional[Context]:
     return _current
 
 
-def teardown() -> None:
-    """Leave the process group (a no-op outside a data-parallel run)."""
+def teardown(*, together: bool = True) -> None:
+    """Leave the process group (a no-op outside a data-parallel run). ``together``: every process
+    is leaving at this point (training finished, or stopped at one step); otherwise this one
+    leaves alone after an error of its own and must not wait for the others (they notice that it
+    is gone at their next exchange, and torchrun stops them)."""
     global _current
     if _current is None:
         return
     import torch.distributed as dist
 
     ctx, _current = _current, None
-    if not dist.is_initialized():
+    if not dist.is_initialized() or not together:
         return
     # Leave together: a process that tore its group down while another still used it (rank 0
     # testing the best checkpoint) died in gloo's threads at exit. Rank 0's last work may take
