@@ -6,11 +6,12 @@
 Each process gets ``--threads`` threads (1 by default, so 2 processes fill a 2-core machine). Dropout
 is switched off (every dropout option the recipe has is set to 0) unless --keep-dropout: with it, the
 N processes draw other masks than one process does and the runs are statistically alike, not equal.
-Prints, as JSON: the largest relative difference of the training loss at any step, the final
-metrics of each run, and training steps per second (the mean of the logged step times after the
-first 5 steps). With ``--interrupt K`` it also sends SIGTERM (``--signal INT``: SIGINT) to rank 1
-of an N-process run after step K, resumes it with N and with 1 process, and reports their final metrics and the losses'
-largest differences against the uninterrupted N-process run. Run it with nothing else on the machine.
+Prints, as JSON: the largest relative difference of the training loss at any step (and each
+step's), the final metrics of each run, and training steps per second (steps over the training
+time between the 6th logged step and the last). With ``--interrupt K`` it also sends SIGTERM
+(``--signal INT``: SIGINT) to rank 1 of an N-process run after step K, resumes it with N and with
+1 process, and reports their final metrics and the losses' largest differences against the
+uninterrupted N-process run. Run it with nothing else on the machine.
 """
 
 from __future__ import annotations
