@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import resource
 import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from . import distributed, registry
+from . import distributed, plugins, registry
 from .checkpoint import load_checkpoint
 from .errors import RecipeError, SeqkitError
 from .fsio import write_text_atomic
@@ -28,9 +30,10 @@ from .train import Trainer, check_train_config, reuse_freed_memory
 __all__ = ["check_recipe", "evaluate_run", "load", "resolve_device", "resume_recipe", "run_folder_lock", "run_recipe"]
 
 RECIPE_FILE = "recipe.yaml"
+VERSIONS_FILE = "versions.json"  # seqkit, torch and plugin versions that trained the run
 LOCK_FILE = ".lock"
 # what `recipe run` writes into a run folder (a fresh run may clear these when no checkpoint exists)
-_RUN_ITEMS = (RECIPE_FILE, "vocab", "checkpoints", "metrics.jsonl", "metrics.json")
+_RUN_ITEMS = (RECIPE_FILE, VERSIONS_FILE, "vocab", "checkpoints", "metrics.jsonl", "metrics.json")
 # train keys a resumed run may change: how long to train and how to run it, not what is trained
 _HOW_LONG = ("epochs", "max_steps", "patience")
 _RESUMABLE_CHANGES = {*_HOW_LONG, "threads", "log_every", "checkpoint_every", "eval_batch_size"}
@@ -280,6 +283,7 @@ def _run(recipe: Recipe, task: Task, device: torch.device, out: Path, *, resume:
     main = ctx is None or ctx.main
     if main:
         write_text_atomic(out / RECIPE_FILE, recipe.to_yaml())
+        write_json(out / VERSIONS_FILE, plugins.versions())
     if recipe.train.threads > 0:
         torch.set_num_threads(recipe.train.threads)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if ctx is not None else 1
@@ -350,9 +354,25 @@ def _load(run: Path, *, device: str = "cpu", checkpoint: str = "best") -> tuple[
     if not ckpt.is_file():
         raise SeqkitError(f"{ckpt}: not a regular file")
     task = get_task(recipe)
+    _warn_versions(run)
     model = task.build_model(recipe, run)
     load_checkpoint(ckpt, model)
     return model.to(resolve_device(device)).eval(), task
+
+
+def _warn_versions(run: Path) -> None:
+    """Warn when the run was trained with other versions of seqkit or its plugins than these."""
+    path = run / VERSIONS_FILE
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        warnings.warn(f"{path}: unreadable; cannot tell which versions trained this run", stacklevel=3)
+        return
+    differ = plugins.version_mismatch(saved)
+    if differ:
+        warnings.warn(f"{run} was trained with {', '.join(differ)}; results may differ", stacklevel=3)
 
 
 def evaluate_run(run_dir: Path, data: Optional[Path] = None, *, batch_size: int = 128) -> tuple[dict[str, Any], Task]:

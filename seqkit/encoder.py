@@ -16,6 +16,7 @@ from . import registry
 from .cells import Cell, State
 from .engine import autocast_dtype, generic_layer
 from .errors import SeqkitError
+from .export_ops import call_kernel, frozen_padding
 from .regularize import locked_dropout as _locked_dropout
 
 __all__ = ["Encoder"]
@@ -387,7 +388,7 @@ def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tens
     """
     dtype = autocast_dtype(x)
     if dtype is None and not x.is_cuda:  # the common CPU case: no context managers per call
-        return _call_kernel(kernel, x, state, params, args)
+        return call_kernel(kernel, x, state, params, args)
     with warnings.catch_warnings(), torch.autocast(x.device.type, enabled=False):
         # cuDNN copies non-contiguous weights; correct, and cheap next to the recurrence.
         warnings.simplefilter("ignore", UserWarning)
@@ -395,22 +396,7 @@ def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tens
             x = x.to(dtype)
             state = tuple(s.to(dtype) for s in state)
             params = [p.to(dtype) for p in params]
-        return _call_kernel(kernel, x, state, params, args)
-
-
-def _call_kernel(kernel: Optional[str], x: Tensor, state: State, params: list[Tensor],
-                 args: tuple) -> tuple[Tensor, State]:
-    if kernel == "lstm":
-        out, h, c = torch.lstm(x, state, params, *args)
-        return out, (h, c)
-    out, h = torch.gru(x, state[0], params, *args)
-    return out, (h,)
-
-
-# A padding flag as an extra input feature, with this weight into the input and forget gates
-# (LSTM: i -> 0, f -> 1) or the update gate (GRU: z -> 1), saturates those sigmoids exactly, so
-# padded steps leave the cell state bit for bit unchanged and pass no gradient to the weights.
-_FREEZE = 1e4
+        return call_kernel(kernel, x, state, params, args)
 
 
 def _fused_direction(cell: Cell, x: Tensor, lens: Optional[list[int]], state: State,
@@ -427,25 +413,6 @@ def _fused_direction(cell: Cell, x: Tensor, lens: Optional[list[int]], state: St
     if lens is None:
         out, new = _run_fused(cell.fused, x, h0, _fused_weights(cell, weight), args)
         return out, tuple(s[0] for s in new)
-    length, n, _ = x.shape
-    h = cell.hidden_size
     lengths = torch.tensor(lens, device=x.device)
-    pad = torch.arange(length, device=x.device).unsqueeze(1) >= lengths  # (L, N)
-    x = x.masked_fill(pad.unsqueeze(-1), 0.0)  # whatever the padding holds (NaN, 1e5) stays out
-    flagged = torch.cat([x, pad.unsqueeze(-1).to(x.dtype)], dim=-1)  # (L, N, I + 1)
-    w_ih, *rest = _fused_weights(cell, weight)
-    column = w_ih.new_zeros(w_ih.size(0), 1)
-    if cell.fused == "lstm":
-        column[:h] = -_FREEZE  # input gate closed
-        column[h: 2 * h] = _FREEZE  # forget gate open
-    else:
-        column[h: 2 * h] = _FREEZE  # update gate keeps h
-    weights = [torch.cat([w_ih, column], dim=1), *rest]
-    out, new = _run_fused(cell.fused, flagged, h0, weights, args)
-    out = out.masked_fill(pad.unsqueeze(-1), 0.0)
-    final = tuple(s[0] for s in new)
-    if cell.fused == "lstm":  # h at each sequence's own last step (its initial h if empty)
-        last = (lengths - 1).clamp(min=0)
-        h_last = out.gather(0, last.view(1, n, 1).expand(1, n, h))[0]
-        final = (torch.where((lengths > 0).unsqueeze(1), h_last, state[0].to(h_last.dtype)), final[1])
-    return out, final
+    out, new = frozen_padding(cell.fused, x, lengths, h0, _fused_weights(cell, weight), _run_fused, cell.training)
+    return out, tuple(s[0] for s in new)

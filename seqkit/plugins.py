@@ -225,6 +225,27 @@ def plugin_info(pm: Optional[pluggy.PluginManager] = None) -> list[PluginInfo]:
     return infos
 
 
+def versions() -> dict[str, Any]:
+    """The versions a run was trained with: seqkit, torch, and every loaded plugin distribution."""
+    import torch
+
+    plugins = {i.distribution: i.version for i in plugin_info()
+               if i.distribution and i.distribution != "seqkit" and not i.problems}
+    return {"seqkit": _own_version(), "torch": torch.__version__, "plugins": dict(sorted(plugins.items()))}
+
+
+def version_mismatch(saved: dict[str, Any]) -> list[str]:
+    """What differs between ``saved`` (:func:`versions` of a run) and what is installed now."""
+    now = versions()
+    out = []
+    if saved.get("seqkit") != now["seqkit"]:
+        out.append(f"seqkit {saved.get('seqkit')} (now {now['seqkit']})")
+    for dist, version in (saved.get("plugins") or {}).items():
+        if now["plugins"].get(dist) != version:
+            out.append(f"{dist} {version} (now {now['plugins'].get(dist, 'not installed')})")
+    return out
+
+
 def _dists() -> dict[str, Any]:
     return {ep.name: ep.dist for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
             if getattr(ep, "dist", None) is not None}

@@ -1,4 +1,4 @@
-"""``seqkit plugins`` and ``seqkit evaluate``."""
+"""``seqkit plugins``, ``seqkit evaluate`` and ``seqkit export``."""
 
 from __future__ import annotations
 
@@ -62,3 +62,26 @@ def evaluate_cmd(run: Path, data: Path | None, as_json: bool, batch_size: int) -
     click.echo(task.format_metrics(metrics))
     for line in task.format_notes(metrics):
         click.echo(line, err=True)
+
+
+@cli.command("export")
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "pt2"]), default="onnx", show_default=True,
+              help="onnx: runs with numpy and onnxruntime only; torchscript: torch.jit.load (also from C++); "
+                   "pt2: a torch.export program (import seqkit_ops.py from the folder before torch.export.load).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="A new (or empty) folder: the graph, vocabularies, manifest.json and runtime.py.")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+@click.option("--check-batches", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Random batches of random lengths the exported graph is checked on against the model "
+                   "(largest difference allowed: 1e-4); a graph that disagrees is not written.")
+def export_cmd(run: Path, fmt: str, out: Path, checkpoint: str, check_batches: int) -> None:
+    """Export the model in RUN for apps that do not run seqkit: lengths (and a forward model's
+    carried state) are real inputs of the graph. `python -c "import runtime; runtime.load('OUT')"`
+    in OUT gives the model back with numpy and onnxruntime only (docs/deploying.md)."""
+    from ..export import export_run
+
+    manifest = export_run(run, fmt, out, checkpoint=checkpoint, trials=check_batches,
+                          log=lambda m: click.echo(m, err=True))
+    click.echo(f"{out}: {manifest['graph']} ({fmt}), inputs {', '.join(manifest['inputs'])}, "
+               f"outputs {', '.join(manifest['outputs'])}")

@@ -13,6 +13,7 @@ Shape legend: N streams (batch), L chunk length, E embedding, H hidden (one dire
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -256,6 +257,49 @@ class LanguageModel(nn.Module):
         return results[0] if single else results
 
     embed_text = embed_texts  # seqkit.load(run).embed_text(...) reads naturally too
+
+    def export_spec(self) -> Any:
+        """What ``seqkit export`` writes. A forward model: ids (N, L), lengths (N,) and the carried
+        state (``state0``, ``state1``: (num_layers, N, H)) in; logits (N, L, V) and the state
+        after each row's last token out. A split bi-LM: ids and lengths in, its top layer's
+        vectors (N, L, 2H) out."""
+        from ..export import ExportSpec, export_encoder, random_lengths
+
+        model, enc = self, self.encoder
+        states = enc._num_states
+
+        class Graph(nn.Module):
+            def __init__(self, mode: str) -> None:
+                super().__init__()
+                self.model, self.encoder = model, export_encoder(enc, mode)
+
+            def forward(self, ids: Tensor, lengths: Tensor, state0: Optional[Tensor] = None,
+                        state1: Optional[Tensor] = None) -> tuple[Tensor, ...]:
+                state = tuple(s for s in (state0, state1) if s is not None) or None
+                out, final = self.encoder(self.model.embed(ids), lengths, state)
+                if self.model.split:
+                    return (out,)
+                return (self.model.head(out, self.model.embed.weight), *final)
+
+        def sample(gen: torch.Generator) -> dict[str, Tensor]:
+            n, longest = int(torch.randint(2, 6, (1,), generator=gen)), int(torch.randint(2, 30, (1,), generator=gen))
+            inputs = {"ids": torch.randint(0, len(self.vocab), (n, longest), generator=gen),
+                      "lengths": random_lengths(gen, n, longest)}
+            if not self.split:
+                for k in range(states):
+                    inputs[f"state{k}"] = torch.randn(enc.num_layers, n, enc.hidden_size, generator=gen) * 0.5
+            return inputs
+
+        example = sample(torch.Generator().manual_seed(1))
+        dynamic: dict[str, dict[int, str]] = {"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}
+        dynamic.update({f"state{k}": {1: "batch"} for k in range(states) if not self.split})
+        outputs = ["vectors"] if self.split else ["logits", *(f"new_state{k}" for k in range(states))]
+        info = {"units": self.vocab.units, "itos": list(self.vocab.itos), "split": self.split,
+                "layers": enc.num_layers, "hidden": enc.hidden_size, "num_states": states}
+        files: dict[str, Any] = {"lm.json": info}
+        if self.vocab.tokenizer is not None:
+            files["tokenizer.json"] = json.loads(self.vocab.tokenizer.to_str())
+        return ExportSpec(build=Graph, inputs=example, outputs=outputs, dynamic=dynamic, sample=sample, files=files)
 
 
 def token_texts(vocab: LMVocab, ids: Iterable[int], *, line_start: bool = True) -> Iterator[str]:

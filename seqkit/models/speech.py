@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..data.speech import SpeechCorpus, read_manifest
 from ..errors import DataError, RecipeError, SeqkitError
 from ..features.audio import (
+    _LOG_FLOOR,
     HOP_MS,
     VTLP,
     AudioInput,
@@ -127,6 +128,9 @@ def make_batches(feats: Sequence[Tensor], targets: Optional[Sequence[list[int]]]
     return Batches(groups, feats, targets, texts, repeat_last=repeat_last)
 
 
+MIN_FRAMES = 5  # an exported graph's shortest padded input (a shorter batch is padded to it)
+
+
 class SpeechModel(nn.Module):
     """Log-mel features, a conv front-end, the shared encoder and a CTC head: train it, or
     ``transcribe`` audio files and arrays."""
@@ -180,6 +184,45 @@ class SpeechModel(nn.Module):
         log_probs = self.head.log_probs(out)  # (N, L', C)
         return {b: self.head.beam(log_probs, lengths, b) if b > 0 else self.head.greedy(log_probs, lengths)
                 for b in beams}
+
+    def export_spec(self) -> Any:
+        """What ``seqkit export`` writes: log-mel features (N, L, F) and lengths (N,) in, CTC
+        log-probabilities (N, L', C) and their lengths out; the runtime computes the features
+        (window and mel filter bank saved beside the graph) and decodes greedily."""
+        from ..export import ExportSpec, export_encoder, random_lengths
+
+        model = self
+
+        class Graph(nn.Module):
+            def __init__(self, mode: str) -> None:
+                super().__init__()
+                self.model, self.encoder = model, export_encoder(model.encoder, mode)
+
+            def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+                x = self.model.normalize(feats, lengths)
+                x, out_lengths = self.model.frontend(x, lengths)
+                out, _ = self.encoder(x, out_lengths)
+                return self.model.head.log_probs(out), out_lengths
+
+        n_mels = self.fbank.n_mels
+
+        def sample(gen: torch.Generator) -> dict[str, Tensor]:
+            n, longest = int(torch.randint(2, 6, (1,), generator=gen)), int(torch.randint(8, 300, (1,), generator=gen))
+            return {"feats": torch.randn(n, longest, n_mels, generator=gen) * 2 - 6,
+                    "lengths": random_lengths(gen, n, longest)}
+
+        if self.vocab.kind != "chars":
+            raise SeqkitError("export: only a character CTC vocabulary (head.vocab: chars) exports for now; "
+                              "BPE units need the tokenizer's decoder in the runtime")
+        mel = self.fbank.mel
+        info = {"units": self.vocab.tokens, "sample_rate": self.sample_rate, "hop_length": self.fbank.hop_length,
+                "n_fft": mel.n_fft, "log_floor": _LOG_FLOOR}
+        files = {"speech.json": info, "window.npy": mel.spectrogram.window.numpy(),
+                 "mel.npy": mel.mel_scale.fb.numpy()}
+        return ExportSpec(build=Graph, inputs=sample(torch.Generator().manual_seed(1)),
+                          outputs=["log_probs", "out_lengths"], sample=sample, files=files,
+                          dynamic={"feats": {0: "batch", 1: ("frames", MIN_FRAMES)}, "lengths": {0: "batch"}},
+                          manifest={"min_frames": MIN_FRAMES})
 
     def evaluate(self, batches: Iterable[SpeechBatch], beam: int = 0) -> dict[str, Any]:
         return self.evaluate_beams(batches, [beam])[beam]

@@ -150,6 +150,50 @@ class TaggingModel(nn.Module):
             tokens[i] = token
         return self.embed.tokens, tokens
 
+    def export_spec(self) -> Any:
+        """What ``seqkit export`` writes: ids (N, L, 1 or 2: tokens, bigrams) and lengths (N,) in,
+        emissions (N, L, C) out; the runtime tokenises and decodes (CRF Viterbi or argmax)."""
+        from ..export import ExportSpec, export_encoder, random_lengths
+
+        vocab, model = self.vocab, self
+        columns = 2 if self.embed.bigrams is not None else 1
+
+        class Graph(nn.Module):
+            def __init__(self, mode: str) -> None:
+                super().__init__()
+                self.model, self.encoder = model, export_encoder(model.encoder, mode)
+
+            def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor]:
+                x = self.model.embed(ids[..., 0], ids[..., 1] if columns == 2 else None)
+                out, _ = self.encoder(x, lengths)
+                return (self.model.head.emissions(out),)
+
+        sizes = [self.embed.tokens.num_embeddings] + ([self.embed.bigrams.num_embeddings] if columns == 2 else [])
+
+        def sample(gen: torch.Generator) -> dict[str, Tensor]:
+            n, longest = int(torch.randint(2, 9, (1,), generator=gen)), int(torch.randint(2, 40, (1,), generator=gen))
+            ids = torch.stack([torch.randint(2, size, (n, longest), generator=gen) for size in sizes], -1)
+            return {"ids": ids, "lengths": random_lengths(gen, n, longest)}
+
+        tokens = [""] * vocab.tokens.get_vocab_size()
+        for token, i in vocab.tokens.get_vocab().items():
+            tokens[i] = token
+        info: dict[str, Any] = {"labels": vocab.labels, "scheme": self.scheme, "tokenize": vocab.tokenize,
+                                "lowercase": vocab.lowercase, "tokens": tokens, "bigrams": None, "crf": None}
+        if vocab.bigrams is not None:
+            info["bigrams"] = [""] * vocab.bigrams.get_vocab_size()
+            for token, i in vocab.bigrams.get_vocab().items():
+                info["bigrams"][i] = token
+        crf = self.head.crf
+        if crf is not None:
+            info["crf"] = {k: getattr(crf, k).tolist() for k in
+                           ("transitions", "start", "end", "allowed", "allowed_start", "allowed_end")}
+        gen = torch.Generator().manual_seed(1)
+        example = sample(gen)
+        return ExportSpec(build=Graph, inputs=example, outputs=["emissions"],
+                          dynamic={"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}},
+                          sample=sample, files={"tagger.json": info})
+
     def predict(self, batch: TagBatch) -> list[list[str]]:
         paths = self.head.decode(self.features(batch), batch.lengths.to(batch.tokens.device))
         labels = self.vocab.labels
@@ -188,11 +232,7 @@ class TaggingModel(nn.Module):
         device = next(self.parameters()).device
         token_lists, offsets = [], []
         for text in texts:
-            if isinstance(text, str):
-                toks, offs = _tokens_with_offsets(text, self.vocab.tokenize)
-            else:
-                toks = [str(t) for t in text]
-                offs = [(i, i + 1) for i in range(len(toks))]
+            toks, offs = self._tokens(text)
             token_lists.append(toks)
             offsets.append(offs)
         tags: list[list[str]] = [[] for _ in texts]
@@ -210,6 +250,34 @@ class TaggingModel(nn.Module):
                 entities.append({"type": kind, "text": surface, "start": a, "end": b})
             results.append({"tokens": toks, "tags": tag_seq, "entities": entities})
         return results
+
+    def _tokens(self, text: Union[str, Sequence[str]]) -> tuple[list[str], list[tuple[int, int]]]:
+        """Tokens of a raw string (as in training) with their character offsets, or of a
+        pre-tokenised input with their positions."""
+        if isinstance(text, str):
+            return _tokens_with_offsets(text, self.vocab.tokenize)
+        toks = [str(t) for t in text]
+        return toks, [(i, i + 1) for i in range(len(toks))]
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Union[str, Sequence[Union[str, Sequence[str]]]], *,
+                    batch_size: int = 64) -> Union[dict[str, Any], list[dict[str, Any]]]:
+        """The encoder's output at each token, tokenised as :meth:`tag` does: ``tokens`` and
+        ``vectors`` (T, D*H) per input (T may be 0). One string in, one dict out."""
+        texts, single = text_inputs(texts, "embed", tokens=True)
+        check_batch_size(batch_size)
+        self.eval()
+        device = next(self.parameters()).device
+        token_lists = [self._tokens(text)[0] for text in texts]
+        width = self.encoder.output_size
+        results = [{"tokens": toks, "vectors": torch.zeros(0, width)} for toks in token_lists]
+        live = [i for i, toks in enumerate(token_lists) if toks]
+        ids, big = self.vocab.encode([token_lists[i] for i in live])
+        for batch in make_batches(ids, big, None, batch_size):
+            out = self.features(batch.to(device))  # (N, L, D*H)
+            for row, (k, n) in enumerate(zip(batch.index, batch.lengths.tolist())):
+                results[live[k]]["vectors"] = out[row, :n].float().cpu()
+        return results[0] if single else results
 
 
 def _tokens_with_offsets(text: str, tokenize: str) -> tuple[list[str], list[tuple[int, int]]]:
