@@ -66,16 +66,29 @@ class _SomeFailed(SeqkitError):
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Files per forward pass.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N], mps or auto.")
+@click.option("--stream", is_flag=True,
+              help="Read raw 16-bit little-endian mono PCM at the model's rate from stdin as it arrives "
+                   "(e.g. from `arecord -f S16_LE -r 16000 -c 1`) and print the partial transcript each time it "
+                   "changes; needs a forward-only model (recipes/ctc/synth-speech-streaming.yaml).")
+@click.option("--chunk-ms", default=100, show_default=True, type=click.IntRange(min=1),
+              help="With --stream: milliseconds of audio read per step.")
 def transcribe_cmd(run: Path, files: tuple[Path, ...], beam: int, as_json: bool, batch_size: int,
-                   device: str) -> None:
+                   device: str, stream: bool, chunk_ms: int) -> None:
     """Transcribe audio FILES (WAV/FLAC/OGG, any sample rate) with the model in RUN.
 
     Prints one line per file: path, seconds of audio, seconds taken (features, network and
     decoding) and the text.  Unreadable files are reported on stderr and the rest carry on;
-    the exit status is 1 if any file failed.
+    the exit status is 1 if any file failed.  With --stream, reads audio from stdin instead
+    and prints each new partial transcript on a line of its own (the last line is the final
+    transcript); a summary of the time from each chunk's arrival to its text goes to stderr.
     """
     from .. import load
 
+    if stream:
+        if files:
+            raise SeqkitError("--stream reads audio from stdin; give no files with it")
+        _transcribe_stream(load(run, device=device), run, chunk_ms, as_json)
+        return
     if not files:
         raise SeqkitError("nothing to transcribe: give audio files after the run folder")
     model = load(run, device=device)
@@ -103,6 +116,40 @@ def transcribe_cmd(run: Path, files: tuple[Path, ...], beam: int, as_json: bool,
           + (f"; {failed} could not be read" if failed else ""), file=sys.stderr)
     if failed:
         raise _SomeFailed(f"{failed} of {len(results)} file(s) could not be transcribed (see above)")
+
+
+def _transcribe_stream(model, run: Path, chunk_ms: int, as_json: bool) -> None:
+    import numpy as np
+
+    if not hasattr(model, "stream"):
+        raise not_a(model, "transcribe speech", run)
+    session = model.stream()
+    step = session.sample_rate * chunk_ms // 1000 * 2  # bytes of s16le per chunk
+    source = sys.stdin.buffer
+    latencies, text, seconds, carry = [], "", 0.0, b""
+    while True:
+        data = source.read(step)
+        last = not data
+        data, carry = carry + data, b""
+        if len(data) % 2:  # an odd byte waits for its pair
+            data, carry = data[:-1], data[-1:]
+        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        seconds += samples.size / session.sample_rate
+        started = time.perf_counter()
+        new = session.feed(samples, last=last)
+        latencies.append(time.perf_counter() - started)
+        if new != text or last:
+            text = new
+            line = json.dumps({"time_s": round(seconds, 3), "text": text, "final": last}, ensure_ascii=False) \
+                if as_json else text
+            click.echo(line)
+            sys.stdout.flush()
+        if last:
+            break
+    ms = sorted(1000 * t for t in latencies)
+    print(f"{seconds:.1f} s of audio in {len(ms)} chunks of {chunk_ms} ms; from a chunk's arrival to its text: "
+          f"median {ms[len(ms) // 2]:.1f} ms, p99 {ms[min(len(ms) - 1, int(len(ms) * 0.99))]:.1f} ms, "
+          f"max {ms[-1]:.1f} ms", file=sys.stderr)
 
 
 @click.command("generate")

@@ -258,6 +258,14 @@ class LanguageModel(nn.Module):
 
     embed_text = embed_texts  # seqkit.load(run).embed_text(...) reads naturally too
 
+    def stream(self) -> Any:
+        """A streaming session (:class:`seqkit.streaming.LMStream`): ``feed(text)`` returns the
+        text's log-probability given everything read before, ``generate_tokens(...)`` continues
+        it; the recurrent state is carried between calls."""
+        from ..streaming import LMStream
+
+        return LMStream(self)
+
     def export_spec(self) -> Any:
         """What ``seqkit export`` writes. A forward model: ids (N, L), lengths (N,) and the carried
         state (``state0``, ``state1``: (num_layers, N, H)) in; logits (N, L, V) and the state

@@ -185,6 +185,13 @@ class SpeechModel(nn.Module):
         return {b: self.head.beam(log_probs, lengths, b) if b > 0 else self.head.greedy(log_probs, lengths)
                 for b in beams}
 
+    def stream(self) -> Any:
+        """A streaming session (:class:`seqkit.streaming.TranscriptionStream`) for a forward-only
+        model: ``feed(samples)`` returns the transcript so far, ``finish()`` the final one."""
+        from ..streaming import TranscriptionStream
+
+        return TranscriptionStream(self)
+
     def export_spec(self) -> Any:
         """What ``seqkit export`` writes: log-mel features (N, L, F) and lengths (N,) in, CTC
         log-probabilities (N, L', C) and their lengths out; the runtime computes the features
