@@ -8,6 +8,7 @@ and the errors a user can cause (``SeqkitError``, ``RecipeError``, ``DataError``
 """
 
 from pathlib import Path
+from typing import Optional
 
 from .hookspecs import hookimpl
 
@@ -21,12 +22,15 @@ from .recipe import Recipe, bounded  # noqa: E402
 from .tasks import ModelOutput, Task  # noqa: E402
 
 
-def load(run_dir, *, device: str = "cpu", checkpoint: str = "best"):
+def load(run_dir, *, device: str = "cpu", checkpoint: str = "best", threads: Optional[int] = None):
     """Load a trained model from a run folder (``seqkit recipe run ... --out DIR``).
 
     ``device``: where the model runs (``cpu``, ``cuda[:N]``, ``mps``, ``auto``); ``checkpoint``:
     ``best`` (the best validation weights; ``last`` when the run has not validated yet) or
-    ``last`` (the latest training state). Anything else is one clear error.
+    ``last`` (the latest training state). Anything else is one clear error. ``threads``: torch's
+    intra-op threads for inference, set once here for the whole process (None: leave torch's
+    setting); a model never changes it while it runs, so one model can serve many threads.
+    A run trained with other versions of seqkit or its plugins loads with a warning.
 
     Example::
 
@@ -35,6 +39,12 @@ def load(run_dir, *, device: str = "cpu", checkpoint: str = "best"):
     """
     from .build import load as _load
 
+    if threads is not None:
+        if threads < 1:
+            raise SeqkitError(f"threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     return _load(run_dir, device=device, checkpoint=checkpoint)
 
 

@@ -360,14 +360,16 @@ _in_worker = threading.local()
 
 
 def _use_threads(x: Tensor) -> bool:
-    """Run a layer's two directions in two threads: on CPU with at least two intra-op threads.
+    """Run a layer's two directions in two threads: in training (grad enabled) on CPU with at
+    least two intra-op threads. Never at inference: the trick sets torch's intra-op thread
+    count while it runs, which an app serving requests from several threads must not see.
 
     The per-step work of one direction is too small to keep two cores busy (a 32 x 256 by
     256 x 1024 matmul scales poorly, and the pointwise gates are dispatch-bound), so two
     single-threaded directions side by side beat two threads taking turns.
     ``SEQKIT_PARALLEL_DIRECTIONS=0`` turns this off.
     """
-    return (x.device.type == "cpu" and torch.get_num_threads() >= 2
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and torch.get_num_threads() >= 2
             and not getattr(_in_worker, "active", False)
             and os.environ.get("SEQKIT_PARALLEL_DIRECTIONS", "1") != "0")
 

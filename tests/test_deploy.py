@@ -1,0 +1,132 @@
+"""Using a trained model inside an app: many threads on one model, the versions a run records."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+import seqkit
+import seqkit.testing
+from seqkit.data.conll import read_conll
+
+ROOT = Path(__file__).resolve().parents[1]
+CONLL = ROOT / "recipes" / "ner" / "conll.yaml"
+QUIET = dict(progress=False, log=lambda m: None)
+TEXTS = [" ".join(words) for words, _ in read_conll(CONLL.parent / "example" / "test.conll").sentences][:24]
+
+
+@pytest.fixture(scope="module")
+def tagger(tmp_path_factory):
+    run = tmp_path_factory.mktemp("deploy") / "tagger"
+    seqkit.run_recipe(seqkit.Recipe.load(CONLL, ["train.max_steps=10", "train.threads=1"]), run, **QUIET)
+    return run
+
+
+def _hammer(call, items, threads: int = 4, rounds: int = 4):
+    """Every item ``rounds`` times from ``threads`` threads at once, in a shuffled order."""
+    jobs = [(i, item) for _ in range(rounds) for i, item in enumerate(items)]
+    random.Random(0).shuffle(jobs)
+    start = threading.Barrier(threads)
+
+    def work(chunk):
+        start.wait()
+        return [(i, call(item)) for i, item in chunk]
+
+    with ThreadPoolExecutor(threads) as pool:
+        return [r for part in pool.map(work, [jobs[k::threads] for k in range(threads)]) for r in part]
+
+
+def _no_thread_changes(monkeypatch) -> list:
+    """Record every call of torch.set_num_threads from now on (a forward must make none)."""
+    calls: list = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n)))
+    return calls
+
+
+def test_threads_sharing_a_tagger_get_single_thread_results(tagger, monkeypatch):
+    model = seqkit.load(tagger)
+    alone = [model.tag(t) for t in TEXTS]
+    calls = _no_thread_changes(monkeypatch)
+    for i, got in _hammer(model.tag, TEXTS):
+        assert got == alone[i]
+    assert calls == []
+
+
+def test_a_generic_engine_bidirectional_model_never_changes_torchs_thread_count(tmp_path, monkeypatch):
+    """The generic engine runs a layer's two directions in two threads in training, setting
+    torch's intra-op thread count meanwhile; at inference it must not (a server's other threads
+    would see it)."""
+    import seqkit_lnlstm
+
+    with seqkit.testing.registered_plugin(seqkit_lnlstm, name="lnlstm-plugin"):
+        seqkit.run_recipe(seqkit.Recipe.load(CONLL, ["train.max_steps=3", "encoder.cell=lnlstm"]), tmp_path / "r",
+                          **QUIET)
+        model = seqkit.load(tmp_path / "r", threads=2)
+        assert model.encoder.bidirectional and not model.encoder.fused
+        alone = [model.tag(t) for t in TEXTS[:8]]
+        calls = _no_thread_changes(monkeypatch)
+        for i, got in _hammer(model.tag, TEXTS[:8], rounds=2):
+            assert got == alone[i]
+        assert calls == []
+
+
+def test_threads_sharing_a_language_model_get_single_thread_results(tmp_path, monkeypatch):
+    rng = random.Random(0)
+    words = "the a cat dog sat ran on under mat log".split()
+    for split, count in (("train", 120), ("valid", 10), ("test", 10)):
+        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(count)]
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "lm.yaml").write_text(f"""
+description: tiny LM
+task: {{name: language-model, bptt: 8, eval_streams: 2}}
+data: {{dataset: text, train: {tmp_path}/train.txt, valid: {tmp_path}/valid.txt, test: {tmp_path}/test.txt}}
+features: {{kind: lm-tokens, units: words, embedding_dim: 12}}
+encoder: {{directions: forward, num_layers: 2, hidden_size: 12}}
+head: {{name: lm}}
+train: {{epochs: 1, max_steps: 10, batch_size: 4, lr: 0.01, seed: 3, threads: 1}}
+device: cpu
+""", encoding="utf-8")
+    seqkit.run_recipe(seqkit.Recipe.load(tmp_path / "lm.yaml"), tmp_path / "run", **QUIET)
+    model = seqkit.load(tmp_path / "run")
+    prompts = ["the cat", "a dog", "on the", "the"]
+    generate = lambda p: (model.generate(p, max_tokens=8, seed=len(p)), model.score(p)["logprob"])  # noqa: E731
+    alone = [generate(p) for p in prompts]
+    before = torch.random.get_rng_state()
+    calls = _no_thread_changes(monkeypatch)
+    for i, got in _hammer(generate, prompts):
+        assert got == alone[i]
+    assert calls == [] and torch.equal(torch.random.get_rng_state(), before)  # seeded sampling: its own RNG
+
+
+def test_a_run_records_its_versions_and_load_warns_when_they_differ(tagger, tmp_path):
+    saved = json.loads((tagger / "versions.json").read_text())
+    assert saved["seqkit"] == seqkit.__version__ and saved["torch"] == torch.__version__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seqkit.load(tagger)  # same versions: no warning
+    copy = tmp_path / "old"
+    import shutil
+
+    shutil.copytree(tagger, copy)
+    (copy / "versions.json").write_text(json.dumps({**saved, "seqkit": "0.0.1",
+                                                    "plugins": {"seqkit-imaginary": "9.9"}}))
+    with pytest.warns(UserWarning, match=r"was trained with seqkit 0\.0\.1 \(now .*\), seqkit-imaginary 9\.9 "
+                                         r"\(now not installed\); results may differ"):
+        seqkit.load(copy)
+
+
+def test_load_refuses_bad_arguments(tagger):
+    with pytest.raises(seqkit.SeqkitError, match="checkpoint: expected 'best' or 'last', got 'bogus'"):
+        seqkit.load(tagger, checkpoint="bogus")
+    with pytest.raises(seqkit.SeqkitError, match="threads must be >= 1, got 0"):
+        seqkit.load(tagger, threads=0)
+    one = seqkit.load(tagger).tag(TEXTS[0])
+    assert isinstance(one, dict) and one == seqkit.load(tagger).tag([TEXTS[0]])[0]
