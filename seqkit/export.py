@@ -38,6 +38,9 @@ from .errors import SeqkitError
 
 __all__ = ["FORMATS", "ExportEncoder", "ExportSpec", "export_encoder", "export_run", "random_lengths"]
 
+# ``ExportSpec``, ``export_encoder`` and ``random_lengths`` are the public API a task (a plugin's
+# too) uses in its model's ``export_spec()``; docs/plugins.md shows one.
+
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts", "pt2": "model.pt2"}
 TOLERANCE = 1e-4  # largest difference allowed between exported and eager outputs
 
@@ -55,8 +58,12 @@ class ExportSpec:
     dynamic: per input, its dynamic dimensions by name (``{"ids": {0: "batch", 1: "length"}}``),
         or by name and least size (``("frames", 5)``) where the graph needs more than one.
     sample: random inputs of random shapes for the parity check, from a ``torch.Generator``.
-    files: files for the runtime, name -> JSON-able object or a numpy array (``.npy``).
-    manifest: what the runtime needs to know (task, vocabulary kind, labels...).
+    files: files for the runtime, name -> JSON-able object, a numpy array (``.npy``) or a
+        ``Path`` (copied).
+    manifest: what the runtime needs to know (task, vocabulary kind, labels...). A task whose
+        post-processing ``runtime.py`` does not know (a plugin's) ships its own numpy module in
+        ``files`` and names it here as ``"runtime_module"``; ``runtime.load(folder)`` then
+        returns that module's ``load(graph)``.
     """
 
     build: Callable[[str], nn.Module]
@@ -230,6 +237,8 @@ def _write_files(spec: ExportSpec, folder: Path) -> None:
     for name, value in spec.files.items():
         if isinstance(value, np.ndarray):
             np.save(folder / name, value)
+        elif isinstance(value, Path):
+            shutil.copyfile(value, folder / name)
         else:
             (folder / name).write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
 

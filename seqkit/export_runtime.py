@@ -95,6 +95,14 @@ def _register_ops(folder: Path) -> None:
 def load(folder: Union[str, os.PathLike], *, threads: int = 0) -> Any:
     """The exported model of ``folder``, as the class of its task (a :class:`Graph` otherwise)."""
     graph = Graph(folder, threads=threads)
+    own = graph.manifest.get("runtime_module")
+    if own:  # a task's own post-processing (a plugin's), shipped beside the graph
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(f"seqkit_export_{Path(own).stem}", graph.folder / own)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.load(graph)
     kind = {"tagging": Tagger, "transcription": Transcriber, "language-model": LanguageModel}
     return kind.get(graph.manifest.get("runtime", graph.manifest["task"]), lambda g: g)(graph)
 

@@ -307,7 +307,8 @@ class LanguageModel(nn.Module):
         files: dict[str, Any] = {"lm.json": info}
         if self.vocab.tokenizer is not None:
             files["tokenizer.json"] = json.loads(self.vocab.tokenizer.to_str())
-        return ExportSpec(build=Graph, inputs=example, outputs=outputs, dynamic=dynamic, sample=sample, files=files)
+        return ExportSpec(build=Graph, inputs=example, outputs=outputs, dynamic=dynamic, sample=sample, files=files,
+                          manifest={"runtime": "language-model"})  # a subclass's task (melodies) reads the same
 
 
 def token_texts(vocab: LMVocab, ids: Iterable[int], *, line_start: bool = True) -> Iterator[str]:

@@ -244,6 +244,40 @@ class Classifier(nn.Module):
         return results[0] if single else results
 
 
+    def export_spec(self) -> Any:
+        """What ``seqkit export`` writes: ids (N, L) and lengths (N,) in; class probabilities
+        (N, C) and, with attention pooling, the weights (N, heads, L) out; this plugin's
+        export_runtime.py tokenises and labels with numpy."""
+        from seqkit.export import ExportSpec, export_encoder, random_lengths
+
+        model = self
+
+        class Graph(nn.Module):
+            def __init__(self, mode: str) -> None:
+                super().__init__()
+                self.model, self.encoder = model, export_encoder(model.encoder, mode)
+
+            def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
+                out, _ = self.encoder(self.model.embed(ids), lengths)
+                logits, weights = self.model.head(out, lengths)
+                probs = logits.sigmoid() if self.model.multi_label else logits.softmax(-1)
+                return (probs,) if weights is None else (probs, weights)
+
+        def sample(gen: torch.Generator) -> dict[str, Tensor]:
+            n, longest = int(torch.randint(2, 9, (1,), generator=gen)), int(torch.randint(2, 40, (1,), generator=gen))
+            return {"ids": torch.randint(0, len(self.vocab.tokens), (n, longest), generator=gen),
+                    "lengths": random_lengths(gen, n, longest)}
+
+        info = {"tokens": self.vocab.tokens, "labels": self.vocab.labels, "lowercase": self.vocab.lowercase,
+                "multi_label": self.multi_label}
+        outputs = ["probs"] + (["attention"] if self.head.pool == "attention" else [])
+        return ExportSpec(build=Graph, inputs=sample(torch.Generator().manual_seed(1)), outputs=outputs,
+                          dynamic={"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}, sample=sample,
+                          files={"classify.json": info, "classify_runtime.py": Path(__file__).with_name(
+                              "export_runtime.py")},
+                          manifest={"runtime_module": "classify_runtime.py"})
+
+
 # -- batching ----------------------------------------------------------------------------------
 
 

@@ -164,3 +164,29 @@ def test_mr_validation_is_a_sample_of_both_classes(tmp_path):
     splits = mr_provider(MRConfig(folder=str(folder), fold=2), base=tmp_path)
     assert len(splits["test"]) == 40 and len(splits["valid"]) == 36
     assert 10 <= splits["valid"].labels.count("positive") <= 26  # the files list positives first
+
+
+@pytest.mark.parametrize("pool, fmt", [("attention", "onnx"), ("last", "onnx"), ("mean", "torchscript")])
+def test_exported_classifier_classifies_as_the_model(recipe, tmp_path, pool, fmt):
+    """seqkit export through the public export API: this plugin's own numpy post-processing
+    ships beside the graph and gives the model's answers."""
+    pytest.importorskip("onnxruntime", reason="export needs onnx, onnxscript, onnxruntime: pip install seqkit[export]")
+    import importlib.util
+
+    from seqkit.export import export_run
+
+    run = tmp_path / "run"
+    seqkit.run_recipe(seqkit.Recipe.load(recipe, [f"head.pool={pool}", "train.epochs=1",
+                                                  "encoder.directions=bidirectional"]),
+                      run, progress=False, log=lambda m: None)
+    manifest = export_run(run, fmt, tmp_path / "out", log=lambda m: None)
+    assert manifest["max_difference"] <= 1e-4
+    spec = importlib.util.spec_from_file_location("runtime_classify", tmp_path / "out" / "runtime.py")
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    texts = ["a wonderful , warm film", "dull", "an unknownword mess !"]
+    got, want = runtime.load(tmp_path / "out").classify(texts), seqkit.load(run).classify(texts)
+    for a, b in zip(got, want, strict=True):
+        assert a["label"] == b["label"] and a["tokens"] == b["tokens"]
+        assert a["probs"] == pytest.approx(b["probs"], abs=2e-4)
+        assert a.get("attention") == pytest.approx(b.get("attention"), abs=2e-4)

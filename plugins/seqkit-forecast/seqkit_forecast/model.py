@@ -265,15 +265,17 @@ class Forecaster(nn.Module):
         m = period.to(inputs.device).clamp(1, self.window).unsqueeze(1)  # (N, 1)
         return inputs.gather(1, self.window - m + steps.unsqueeze(0) % m)
 
-    def predict(self, inputs: Tensor, period: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+    def predict(self, inputs: Tensor, period: Optional[Tensor] = None, *,
+                encoder: Optional[nn.Module] = None) -> tuple[Tensor, Optional[Tensor]]:
         """Scaled windows ``(N, W)`` -> scaled forecasts ``(N, H)`` and log standard deviations
-        (``period``: each window's seasonality, for ``inputs: seasonal``)."""
+        (``period``: each window's seasonality, for ``inputs: seasonal``; ``encoder``: the
+        encoder's export form, for ``seqkit export``)."""
         last = inputs[:, -1:]
         x = (inputs - last if self.relative else inputs).unsqueeze(-1)
         if self.frontend is not None:
             x = self.frontend(x)
         lengths = torch.full((x.size(0),), x.size(1), dtype=torch.long)
-        out, _ = self.encoder(x, lengths)
+        out, _ = (encoder or self.encoder)(x, lengths)
         summary = out[:, -1]
         if self.encoder.bidirectional:  # the backward half has read the whole window at step 0
             half = out.size(-1) // 2
@@ -371,6 +373,39 @@ class Forecaster(nn.Module):
         if dates and self.meta.frequency:
             result["future_dates"] = future_dates(dates[-1], self.meta.frequency, steps)
         return result
+
+
+    def export_spec(self) -> Any:
+        """What ``seqkit export`` writes: scaled windows ``context`` (N, W) and each window's
+        seasonal ``period`` (N,) in; scaled forecasts (N, H) (and a Gaussian head's log standard
+        deviations) out; this plugin's export_runtime.py scales, feeds back and unscales."""
+        from seqkit.export import ExportSpec, export_encoder
+
+        model = self
+
+        class Graph(nn.Module):
+            def __init__(self, mode: str) -> None:
+                super().__init__()
+                self.model, self.encoder = model, export_encoder(model.encoder, mode)
+
+            def forward(self, context: Tensor, period: Tensor) -> tuple[Tensor, ...]:
+                mean, log_std = self.model.predict(context, period, encoder=self.encoder)
+                return (mean,) if log_std is None else (mean, log_std)
+
+        def sample(gen: torch.Generator) -> dict[str, Tensor]:
+            n = int(torch.randint(2, 9, (1,), generator=gen))
+            return {"context": torch.rand(n, self.window, generator=gen),
+                    "period": torch.randint(1, self.window + 1, (n,), generator=gen)}
+
+        meta = self.meta
+        info = {"window": self.window, "horizon": self.horizon, "names": meta.names, "shift": meta.shift,
+                "scale": meta.scale, "period": meta.period, "tails": meta.tails}
+        outputs = ["mean"] + (["log_std"] if self.head.gaussian else [])
+        return ExportSpec(build=Graph, inputs=sample(torch.Generator().manual_seed(1)), outputs=outputs,
+                          dynamic={"context": {0: "batch"}, "period": {0: "batch"}}, sample=sample,
+                          files={"forecast.json": info,
+                                 "forecast_runtime.py": Path(__file__).with_name("export_runtime.py")},
+                          manifest={"runtime_module": "forecast_runtime.py"})
 
 
 def future_dates(last: str, frequency: str, steps: int) -> Optional[list[str]]:

@@ -265,3 +265,27 @@ def test_found_through_its_entry_point_when_installed():
         pytest.skip("seqkit-forecast is not installed (install.sh or tox -e plugins installs it)")
     assert [(i["name"], i["tasks"]) for i in infos] == [("forecast", ["forecasting"])]
     assert infos[0]["datasets"] == ["csv", "pmdarima", "statsmodels", "m4"] and infos[0]["heads"] == ["regression"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["task.frontend=cnn", "task.cnn_length=6"],
+    ["head.distribution=gaussian", "encoder.directions=bidirectional", "task.inputs=seasonal"],
+])
+def test_exported_forecaster_forecasts_as_the_model(recipe, tmp_path, overrides):
+    """seqkit export through the public export API, with this plugin's own numpy post-processing."""
+    pytest.importorskip("onnxruntime", reason="export needs onnx, onnxscript, onnxruntime: pip install seqkit[export]")
+    import importlib.util
+
+    from seqkit.export import export_run
+
+    run = tmp_path / "run"
+    seqkit.run_recipe(seqkit.Recipe.load(recipe, ["train.max_steps=5", *overrides]), run, progress=False,
+                      log=lambda m: None)
+    manifest = export_run(run, "onnx", tmp_path / "out", log=lambda m: None)
+    assert manifest["max_difference"] <= 1e-4
+    spec = importlib.util.spec_from_file_location("runtime_forecast", tmp_path / "out" / "runtime.py")
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    got, want = runtime.load(tmp_path / "out").forecast(horizon=7), seqkit.load(run).forecast(horizon=7)
+    for key in ("forecast", "lower", "upper"):
+        assert got.get(key) == pytest.approx(want.get(key), rel=1e-4, abs=1e-4)
