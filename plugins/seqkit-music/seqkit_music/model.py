@@ -313,6 +313,47 @@ class MusicModel(nn.Module):
         return {"nll": total / frames, "nll_all": (total + first) / (frames + pieces), "loss": total / frames,
                 "acc": 100.0 * counts[0] / max(counts.sum(), 1), "frames": frames}
 
+    def export_spec(self) -> Any:
+        """What ``seqkit export`` writes (a Bernoulli head): frames (N, L, 88), lengths (N,) and the
+        carried state (``state0``, ``state1``: (num_layers, N, H)) in; each next frame's key
+        logits (N, L, 88) and the state out; this plugin's export_runtime.py samples with numpy.
+        A NADE head samples its 88 keys one by one inside the model and does not export."""
+        from seqkit.export import ExportSpec, export_encoder, random_lengths
+
+        if not isinstance(self.head, BernoulliHead):
+            raise seqkit.SeqkitError(f"export: the {self.recipe.head.name!r} head samples key by key and does not "
+                                     f"export; a model with head: bernoulli does")
+        model, enc = self, self.encoder
+        states = enc._num_states
+
+        class Graph(nn.Module):
+            def __init__(self, mode: str) -> None:
+                super().__init__()
+                self.model, self.encoder = model, export_encoder(enc, mode)
+
+            def forward(self, frames: Tensor, lengths: Tensor, state0: Tensor,
+                        state1: Optional[Tensor] = None) -> tuple[Tensor, ...]:
+                state = tuple(s for s in (state0, state1) if s is not None)
+                out, final = self.encoder(frames, lengths, state)
+                return (self.model.head.out(out), *final)
+
+        def sample(gen: torch.Generator) -> dict[str, Tensor]:
+            n, longest = int(torch.randint(2, 5, (1,), generator=gen)), int(torch.randint(2, 30, (1,), generator=gen))
+            inputs = {"frames": (torch.rand(n, longest, KEYS, generator=gen) < 0.05).float(),
+                      "lengths": random_lengths(gen, n, longest)}
+            for k in range(states):
+                inputs[f"state{k}"] = torch.randn(enc.num_layers, n, enc.hidden_size, generator=gen) * 0.5
+            return inputs
+
+        dynamic: dict[str, dict[int, Any]] = {"frames": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}
+        dynamic.update({f"state{k}": {1: "batch"} for k in range(states)})
+        info = {"layers": enc.num_layers, "hidden": enc.hidden_size, "num_states": states,
+                "frame_beats": self.meta.frame_beats}
+        return ExportSpec(build=Graph, inputs=sample(torch.Generator().manual_seed(1)),
+                          outputs=["logits", *(f"new_state{k}" for k in range(states))], dynamic=dynamic,
+                          sample=sample, files={"music.json": info, "music_runtime.py": Path(__file__).with_name(
+                              "export_runtime.py")}, manifest={"runtime_module": "music_runtime.py"})
+
     # -- generation ------------------------------------------------------------------------
 
     def _device(self) -> torch.device:

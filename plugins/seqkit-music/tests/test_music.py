@@ -433,3 +433,51 @@ def test_installed_plugin_is_found_through_its_entry_point_and_generates_in_a_su
                            "--out", str(tmp_path / "g.mid")], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(pretty_midi.PrettyMIDI(str(tmp_path / "g.mid")).instruments) == 1
+
+
+def _export_runtime(folder: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"runtime_{folder.name}", folder / "runtime.py")
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    return runtime.load(folder)
+
+
+def test_exported_piano_roll_model_gives_the_models_probabilities(tmp_path, jsb_file):
+    """seqkit export through the public export API, with this plugin's numpy sampler: the greedy
+    continuation (temperature 0) is the model's, frame by frame with the carried state."""
+    pytest.importorskip("onnxruntime", reason="export needs onnx, onnxscript, onnxruntime: pip install seqkit[export]")
+    from seqkit.export import export_run
+
+    out = tmp_path / "run"
+    train(_recipe(tmp_path, jsb_file, epochs=1), out)
+    manifest = export_run(out, "onnx", tmp_path / "onnx", log=lambda m: None)
+    assert manifest["max_difference"] <= 1e-4
+    exported, model = _export_runtime(tmp_path / "onnx"), seqkit.load(out)
+    prime = model.generate(6, seed=3).roll
+    assert np.array_equal(exported.generate(10, temperature=0, prime=prime),
+                          model.generate(10, temperature=0, prime=prime).roll[6:])
+    assert np.array_equal(exported.generate(8, seed=4), exported.generate(8, seed=4))
+    nade = tmp_path / "nade"
+    train(_recipe(tmp_path, jsb_file, head="nade", epochs=1), nade)
+    with pytest.raises(seqkit.SeqkitError, match="the 'nade' head samples key by key and does not export"):
+        export_run(nade, "onnx", tmp_path / "nade-onnx", log=lambda m: None)
+    assert not (tmp_path / "nade-onnx").exists()
+
+
+def test_exported_melody_model_scores_as_the_model(tmp_path):
+    pytest.importorskip("onnxruntime", reason="export needs onnx, onnxscript, onnxruntime: pip install seqkit[export]")
+    from seqkit.export import export_run
+
+    recipe = tmp_path / "folk.yaml"
+    recipe.write_text("task: {name: melody, bptt: 20}\ndata: {dataset: folk, collections: [erk5]}\n"
+                      "features: {units: words, embedding_dim: 16}\n"
+                      "encoder: {hidden_size: 16, num_layers: 1, bidirectional: false}\n"
+                      "head: {tie_weights: true}\ntrain: {epochs: 1, max_steps: 5, batch_size: 4, threads: 1}\n",
+                      encoding="utf-8")
+    train(recipe, tmp_path / "run")
+    export_run(tmp_path / "run", "onnx", tmp_path / "onnx", log=lambda m: None)
+    text = "M:2/4 K:G"
+    got, want = _export_runtime(tmp_path / "onnx").score(text), seqkit.load(tmp_path / "run").score(text)
+    assert got["tokens"] == want["tokens"] and got["logprob"] == pytest.approx(want["logprob"], abs=1e-4)
