@@ -115,7 +115,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
 
 
-from . import bench, commands, recipe  # noqa: E402,F401  (they attach their commands to `cli`)
+from . import bench, commands, recipe, serve  # noqa: E402,F401  (they attach their commands to `cli`)
 
 
 def main() -> None:

