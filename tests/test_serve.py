@@ -81,7 +81,7 @@ device: cpu
     return tmp / "lm"
 
 
-def _train_speech(tmp: Path) -> Path:
+def _train_speech(tmp: Path, name: str = "asr", overrides: tuple[str, ...] = ()) -> Path:
     rows = []
     for i, words in enumerate(["let there be light", "and god said", "a cat", "the light"]):
         soundfile.write(str(tmp / f"u{i}.wav"), _tone(0.6 + 0.1 * i, 16000, 200 + 50 * i), 16000)
@@ -96,8 +96,8 @@ head: {{name: ctc, beam_size: 0}}
 train: {{max_steps: 2, batch_size: 2, threads: 1}}
 device: cpu
 """)
-    run_recipe(Recipe.load(recipe), tmp / "asr", progress=False, log=lambda m: None)
-    return tmp / "asr"
+    run_recipe(Recipe.load(recipe, list(overrides)), tmp / name, progress=False, log=lambda m: None)
+    return tmp / name
 
 
 @pytest.fixture(scope="module")
