@@ -208,3 +208,26 @@ def test_export_command_writes_a_folder_an_app_runs_without_seqkit(tagger_runs, 
                             "--out", str(out)], capture_output=True, text=True)
     assert again.returncode == 2 and again.stderr.strip().splitlines()[-1].startswith(
         f"error: {out}: already exists and is not an empty folder")
+
+
+# -- transcription -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("directions", ["bidirectional", "forward"])
+def test_exported_speech_model_transcribes_as_seqkit(tmp_path, directions):
+    """The runtime computes log-mel features in numpy and decodes greedily: the same text as the
+    model's own transcribe (a tiny model trained on tones: any weights will do)."""
+    from tests.test_serve import _tone, _train_speech
+
+    overrides = ("encoder.bidirectional=false", "encoder.directions=forward") if directions == "forward" else ()
+    run = _train_speech(tmp_path, "asr", overrides)
+    manifest = export_run(run, "onnx", tmp_path / "out", log=lambda m: None)
+    assert manifest["max_difference"] <= 1e-4 and manifest["inputs"]["feats"]["dynamic"]["1"]["min"] == 5
+    exported, model = _runtime(tmp_path / "out"), seqkit.load(run)
+    waves = [_tone(seconds, 16000, pitch).astype(np.float32) for seconds, pitch in ((0.7, 200), (0.02, 300),
+                                                                                      (1.3, 350))]
+    want = [r["text"] for r in model.transcribe(waves, sample_rate=16000)]
+    assert exported.transcribe(waves) == want and exported.transcribe(waves[0]) == want[0]
+    assert any(want), "an untrained model that says nothing would make this check empty"
+    feats = model.fbank(torch.from_numpy(waves[0])).numpy()
+    np.testing.assert_allclose(exported.features(waves[0]), feats, atol=2e-3)  # log-mel in numpy vs torchaudio
