@@ -122,6 +122,30 @@ class DigitsModel(nn.Module):
             total += len(batch)
         return {"accuracy": 100.0 * right / max(total, 1)}
 
+    def export_spec(self):
+        # seqkit export RUN: digit ids and lengths in, class logits out (lengths stay graph inputs)
+        from seqkit.export import ExportSpec, export_encoder, random_lengths
+
+        model = self
+
+        class Graph(nn.Module):
+            def __init__(self, mode):
+                super().__init__()
+                self.model, self.encoder = model, export_encoder(model.encoder, mode)
+
+            def forward(self, ids, lengths):
+                out, _ = self.encoder(self.model.embed(ids), lengths)
+                mask = torch.arange(ids.size(1), device=out.device) < lengths.unsqueeze(1)
+                return (self.model.head(out, mask),)
+
+        def sample(gen):  # random batches of random lengths, for the check against this model
+            n, longest = (int(torch.randint(low, high, (1,), generator=gen)) for low, high in ((2, 9), (2, 20)))
+            ids = torch.randint(1, 11, (n, longest), generator=gen)
+            return {"ids": ids, "lengths": random_lengths(gen, n, longest)}
+
+        return ExportSpec(build=Graph, inputs=sample(torch.Generator().manual_seed(0)), outputs=["logits"],
+                          dynamic={"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}, sample=sample)
+
     @torch.inference_mode()
     def predict(self, strings):
         """The largest digit of each string, as the model sees it."""
