@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -380,9 +380,23 @@ class MusicModel(nn.Module):
             raise seqkit.SeqkitError(f"frames: expected a whole number >= 0, got {steps!r}")
         if not math.isfinite(qpm) or qpm <= 0:
             raise seqkit.SeqkitError(f"qpm: expected a positive tempo, got {qpm!r}")
+        start = self._prime(prime)  # (P, K)
+        new = list(self._frames(start, steps, temperature, seed))
+        sampled = np.stack(new) if new else np.zeros((0, KEYS), dtype=np.uint8)
+        return PianoRoll(np.concatenate([start, sampled]), self.meta.frame_beats, qpm, primed=len(start))
+
+    def stream(self, frames: int = 32, *, temperature: float = 1.0, seed: Optional[int] = None,
+               prime: Any = None) -> Iterator[np.ndarray]:
+        """Yield each sampled frame (88,) 0/1 as soon as it is drawn (the state carried from frame
+        to frame), after ``prime``: what :meth:`generate` samples, one frame at a time."""
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 0:
+            raise seqkit.SeqkitError(f"frames: expected a whole number >= 0, got {frames!r}")
+        return self._frames(self._prime(prime), frames, temperature, seed)
+
+    @torch.inference_mode()
+    def _frames(self, start: np.ndarray, steps: int, temperature: float, seed: Optional[int]) -> Iterator[np.ndarray]:
         self.eval()
         device = self._device()
-        start = self._prime(prime)  # (P, K)
         state = None
         if len(start):
             context = torch.from_numpy(start.astype(np.float32)).to(device)
@@ -392,10 +406,9 @@ class MusicModel(nn.Module):
         else:
             first = torch.zeros(1, KEYS, device=device)
         head = self.head
-        new = list(sample_steps(self.step, first, state, steps, temperature=temperature, seed=seed,
-                                draw=lambda h, g: head.draw(h, g, temperature)))
-        sampled = torch.cat(new).cpu().numpy().astype(np.uint8) if new else np.zeros((0, KEYS), dtype=np.uint8)
-        return PianoRoll(np.concatenate([start, sampled]), self.meta.frame_beats, qpm, primed=len(start))
+        for frame in sample_steps(self.step, first, state, steps, temperature=temperature, seed=seed,
+                                  draw=lambda h, g: head.draw(h, g, temperature)):
+            yield frame[0].cpu().numpy().astype(np.uint8)
 
     def _prime(self, prime: Any) -> np.ndarray:
         if prime is None:

@@ -337,6 +337,8 @@ def test_tiny_recipe_trains_and_generates_midi_png_and_same_seed_same_music(tmp_
     roll = model.generate(16, seed=5)
     assert isinstance(roll, PianoRoll) and roll.roll.shape == (16, KEYS)
     assert np.array_equal(roll.roll, model.generate(16, seed=5).roll)
+    streamed = model.stream(16, seed=5)  # the same frames, one at a time
+    assert np.array_equal(np.stack([next(streamed) for _ in range(16)]), roll.roll)
     midi = roll.save_midi(tmp_path / "s.mid")
     back = pretty_midi.PrettyMIDI(str(midi))
     expected = [(p, round(s, 3), round(e, 3)) for p, s, e in roll.notes()]
