@@ -36,10 +36,11 @@ from torch import Tensor, nn
 from . import export_ops as ops
 from .errors import SeqkitError
 
-__all__ = ["FORMATS", "ExportEncoder", "ExportSpec", "export_encoder", "export_run", "random_lengths"]
+__all__ = ["FORMATS", "ExportEncoder", "ExportGraph", "ExportSpec", "export_encoder", "export_run", "random_lengths",
+           "state_inputs"]
 
-# ``ExportSpec``, ``export_encoder`` and ``random_lengths`` are the public API a task (a plugin's
-# too) uses in its model's ``export_spec()``; docs/plugins.md shows one.
+# ``ExportSpec``, ``ExportGraph``, ``export_encoder``, ``random_lengths`` and ``state_inputs`` are the
+# public API a task (a plugin's too) uses in its model's ``export_spec()``; docs/plugins.md shows one.
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.ts", "pt2": "model.pt2"}
 TOLERANCE = 1e-4  # largest difference allowed between exported and eager outputs
@@ -88,6 +89,24 @@ def export_encoder(encoder: nn.Module, mode: str) -> nn.Module:
     if not encoder.batch_first:
         raise SeqkitError("export needs a batch-first encoder (batch_first=True), as recipes build")
     return _EagerEncoder(encoder) if mode == "eager" else ExportEncoder(encoder, custom_ops=mode == "ops")
+
+
+class ExportGraph(nn.Module):
+    """Base of a task's export module: ``self.model`` is the trained model and ``self.encoder``
+    its encoder in the form ``mode`` asks for (:func:`export_encoder`); a subclass writes
+    ``forward(*inputs)`` with them, and ``ExportSpec(build=functools.partial(MyGraph, model))``."""
+
+    def __init__(self, model: nn.Module, mode: str) -> None:
+        super().__init__()
+        self.model = model
+        self.encoder = export_encoder(model.encoder, mode)
+
+
+def state_inputs(gen: torch.Generator, encoder: nn.Module, n: int) -> dict[str, Tensor]:
+    """Random carried states ``state0``, ``state1`` (num_layers, N, H) of a forward encoder, for
+    an ``ExportSpec.sample`` (the state is a real graph input; its check needs random values)."""
+    return {f"state{k}": torch.randn(encoder.num_layers, n, encoder.hidden_size, generator=gen) * 0.5
+            for k in range(encoder._num_states)}
 
 
 class _EagerEncoder(nn.Module):

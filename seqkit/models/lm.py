@@ -13,6 +13,7 @@ Shape legend: N streams (batch), L chunk length, E embedding, H hidden (one dire
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -271,16 +272,12 @@ class LanguageModel(nn.Module):
         state (``state0``, ``state1``: (num_layers, N, H)) in; logits (N, L, V) and the state
         after each row's last token out. A split bi-LM: ids and lengths in, its top layer's
         vectors (N, L, 2H) out."""
-        from ..export import ExportSpec, export_encoder, random_lengths
+        from ..export import ExportGraph, ExportSpec, random_lengths, state_inputs
 
-        model, enc = self, self.encoder
+        enc = self.encoder
         states = enc._num_states
 
-        class Graph(nn.Module):
-            def __init__(self, mode: str) -> None:
-                super().__init__()
-                self.model, self.encoder = model, export_encoder(enc, mode)
-
+        class Graph(ExportGraph):
             def forward(self, ids: Tensor, lengths: Tensor, state0: Optional[Tensor] = None,
                         state1: Optional[Tensor] = None) -> tuple[Tensor, ...]:
                 state = tuple(s for s in (state0, state1) if s is not None) or None
@@ -293,10 +290,7 @@ class LanguageModel(nn.Module):
             n, longest = int(torch.randint(2, 6, (1,), generator=gen)), int(torch.randint(2, 30, (1,), generator=gen))
             inputs = {"ids": torch.randint(0, len(self.vocab), (n, longest), generator=gen),
                       "lengths": random_lengths(gen, n, longest)}
-            if not self.split:
-                for k in range(states):
-                    inputs[f"state{k}"] = torch.randn(enc.num_layers, n, enc.hidden_size, generator=gen) * 0.5
-            return inputs
+            return inputs if self.split else {**inputs, **state_inputs(gen, enc, n)}
 
         example = sample(torch.Generator().manual_seed(1))
         dynamic: dict[str, dict[int, str]] = {"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}
@@ -307,8 +301,9 @@ class LanguageModel(nn.Module):
         files: dict[str, Any] = {"lm.json": info}
         if self.vocab.tokenizer is not None:
             files["tokenizer.json"] = json.loads(self.vocab.tokenizer.to_str())
-        return ExportSpec(build=Graph, inputs=example, outputs=outputs, dynamic=dynamic, sample=sample, files=files,
-                          manifest={"runtime": "language-model"})  # a subclass's task (melodies) reads the same
+        # "runtime": a subclass's task (melodies) reads the same way
+        return ExportSpec(build=functools.partial(Graph, self), inputs=example, outputs=outputs, dynamic=dynamic,
+                          sample=sample, files=files, manifest={"runtime": "language-model"})
 
 
 def token_texts(vocab: LMVocab, ids: Iterable[int], *, line_start: bool = True) -> Iterator[str]:

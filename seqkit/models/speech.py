@@ -6,6 +6,7 @@ Shape legend: N batch, L frames, F mel bins, E front-end features, C output unit
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -196,15 +197,9 @@ class SpeechModel(nn.Module):
         """What ``seqkit export`` writes: log-mel features (N, L, F) and lengths (N,) in, CTC
         log-probabilities (N, L', C) and their lengths out; the runtime computes the features
         (window and mel filter bank saved beside the graph) and decodes greedily."""
-        from ..export import ExportSpec, export_encoder, random_lengths
+        from ..export import ExportGraph, ExportSpec, random_lengths
 
-        model = self
-
-        class Graph(nn.Module):
-            def __init__(self, mode: str) -> None:
-                super().__init__()
-                self.model, self.encoder = model, export_encoder(model.encoder, mode)
-
+        class Graph(ExportGraph):
             def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
                 x = self.model.normalize(feats, lengths)
                 x, out_lengths = self.model.frontend(x, lengths)
@@ -226,7 +221,7 @@ class SpeechModel(nn.Module):
                 "n_fft": mel.n_fft, "log_floor": _LOG_FLOOR}
         files = {"speech.json": info, "window.npy": mel.spectrogram.window.numpy(),
                  "mel.npy": mel.mel_scale.fb.numpy()}
-        return ExportSpec(build=Graph, inputs=sample(torch.Generator().manual_seed(1)),
+        return ExportSpec(build=functools.partial(Graph, self), inputs=sample(torch.Generator().manual_seed(1)),
                           outputs=["log_probs", "out_lengths"], sample=sample, files=files,
                           dynamic={"feats": {0: "batch", 1: ("frames", MIN_FRAMES)}, "lengths": {0: "batch"}},
                           manifest={"min_frames": MIN_FRAMES})

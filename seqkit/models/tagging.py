@@ -5,6 +5,7 @@ Shape legend: N batch, L length, E embedding features.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -153,16 +154,12 @@ class TaggingModel(nn.Module):
     def export_spec(self) -> Any:
         """What ``seqkit export`` writes: ids (N, L, 1 or 2: tokens, bigrams) and lengths (N,) in,
         emissions (N, L, C) out; the runtime tokenises and decodes (CRF Viterbi or argmax)."""
-        from ..export import ExportSpec, export_encoder, random_lengths
+        from ..export import ExportGraph, ExportSpec, random_lengths
 
-        vocab, model = self.vocab, self
+        vocab = self.vocab
         columns = 2 if self.embed.bigrams is not None else 1
 
-        class Graph(nn.Module):
-            def __init__(self, mode: str) -> None:
-                super().__init__()
-                self.model, self.encoder = model, export_encoder(model.encoder, mode)
-
+        class Graph(ExportGraph):
             def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor]:
                 x = self.model.embed(ids[..., 0], ids[..., 1] if columns == 2 else None)
                 out, _ = self.encoder(x, lengths)
@@ -190,7 +187,7 @@ class TaggingModel(nn.Module):
                            ("transitions", "start", "end", "allowed", "allowed_start", "allowed_end")}
         gen = torch.Generator().manual_seed(1)
         example = sample(gen)
-        return ExportSpec(build=Graph, inputs=example, outputs=["emissions"],
+        return ExportSpec(build=functools.partial(Graph, self), inputs=example, outputs=["emissions"],
                           dynamic={"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}},
                           sample=sample, files={"tagger.json": info})
 

@@ -9,6 +9,7 @@ Lin et al. 2017). Single-label classification uses a softmax; ``multi_label`` on
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -248,15 +249,9 @@ class Classifier(nn.Module):
         """What ``seqkit export`` writes: ids (N, L) and lengths (N,) in; class probabilities
         (N, C) and, with attention pooling, the weights (N, heads, L) out; this plugin's
         export_runtime.py tokenises and labels with numpy."""
-        from seqkit.export import ExportSpec, export_encoder, random_lengths
+        from seqkit.export import ExportGraph, ExportSpec, random_lengths
 
-        model = self
-
-        class Graph(nn.Module):
-            def __init__(self, mode: str) -> None:
-                super().__init__()
-                self.model, self.encoder = model, export_encoder(model.encoder, mode)
-
+        class Graph(ExportGraph):
             def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
                 out, _ = self.encoder(self.model.embed(ids), lengths)
                 logits, weights = self.model.head(out, lengths)
@@ -271,7 +266,8 @@ class Classifier(nn.Module):
         info = {"tokens": self.vocab.tokens, "labels": self.vocab.labels, "lowercase": self.vocab.lowercase,
                 "multi_label": self.multi_label}
         outputs = ["probs"] + (["attention"] if self.head.pool == "attention" else [])
-        return ExportSpec(build=Graph, inputs=sample(torch.Generator().manual_seed(1)), outputs=outputs,
+        return ExportSpec(build=functools.partial(Graph, self), inputs=sample(torch.Generator().manual_seed(1)),
+                          outputs=outputs,
                           dynamic={"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}, sample=sample,
                           files={"classify.json": info, "classify_runtime.py": Path(__file__).with_name(
                               "export_runtime.py")},

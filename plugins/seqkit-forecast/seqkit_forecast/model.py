@@ -11,6 +11,7 @@ deviation a step (Gaussian negative log-likelihood), which ``forecast`` turns in
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, field
@@ -379,15 +380,9 @@ class Forecaster(nn.Module):
         """What ``seqkit export`` writes: scaled windows ``context`` (N, W) and each window's
         seasonal ``period`` (N,) in; scaled forecasts (N, H) (and a Gaussian head's log standard
         deviations) out; this plugin's export_runtime.py scales, feeds back and unscales."""
-        from seqkit.export import ExportSpec, export_encoder
+        from seqkit.export import ExportGraph, ExportSpec
 
-        model = self
-
-        class Graph(nn.Module):
-            def __init__(self, mode: str) -> None:
-                super().__init__()
-                self.model, self.encoder = model, export_encoder(model.encoder, mode)
-
+        class Graph(ExportGraph):
             def forward(self, context: Tensor, period: Tensor) -> tuple[Tensor, ...]:
                 mean, log_std = self.model.predict(context, period, encoder=self.encoder)
                 return (mean,) if log_std is None else (mean, log_std)
@@ -401,7 +396,8 @@ class Forecaster(nn.Module):
         info = {"window": self.window, "horizon": self.horizon, "names": meta.names, "shift": meta.shift,
                 "scale": meta.scale, "period": meta.period, "tails": meta.tails}
         outputs = ["mean"] + (["log_std"] if self.head.gaussian else [])
-        return ExportSpec(build=Graph, inputs=sample(torch.Generator().manual_seed(1)), outputs=outputs,
+        return ExportSpec(build=functools.partial(Graph, self), inputs=sample(torch.Generator().manual_seed(1)),
+                          outputs=outputs,
                           dynamic={"context": {0: "batch"}, "period": {0: "batch"}}, sample=sample,
                           files={"forecast.json": info,
                                  "forecast_runtime.py": Path(__file__).with_name("export_runtime.py")},

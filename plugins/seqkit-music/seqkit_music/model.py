@@ -19,6 +19,7 @@ Shape legend: N pieces (batch), L frames, K keys (88), D encoder output, U NADE 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -318,19 +319,15 @@ class MusicModel(nn.Module):
         carried state (``state0``, ``state1``: (num_layers, N, H)) in; each next frame's key
         logits (N, L, 88) and the state out; this plugin's export_runtime.py samples with numpy.
         A NADE head samples its 88 keys one by one inside the model and does not export."""
-        from seqkit.export import ExportSpec, export_encoder, random_lengths
+        from seqkit.export import ExportGraph, ExportSpec, random_lengths, state_inputs
 
         if not isinstance(self.head, BernoulliHead):
             raise seqkit.SeqkitError(f"export: the {self.recipe.head.name!r} head samples key by key and does not "
                                      f"export; a model with head: bernoulli does")
-        model, enc = self, self.encoder
+        enc = self.encoder
         states = enc._num_states
 
-        class Graph(nn.Module):
-            def __init__(self, mode: str) -> None:
-                super().__init__()
-                self.model, self.encoder = model, export_encoder(enc, mode)
-
+        class Graph(ExportGraph):
             def forward(self, frames: Tensor, lengths: Tensor, state0: Tensor,
                         state1: Optional[Tensor] = None) -> tuple[Tensor, ...]:
                 state = tuple(s for s in (state0, state1) if s is not None)
@@ -341,15 +338,13 @@ class MusicModel(nn.Module):
             n, longest = int(torch.randint(2, 5, (1,), generator=gen)), int(torch.randint(2, 30, (1,), generator=gen))
             inputs = {"frames": (torch.rand(n, longest, KEYS, generator=gen) < 0.05).float(),
                       "lengths": random_lengths(gen, n, longest)}
-            for k in range(states):
-                inputs[f"state{k}"] = torch.randn(enc.num_layers, n, enc.hidden_size, generator=gen) * 0.5
-            return inputs
+            return {**inputs, **state_inputs(gen, enc, n)}
 
         dynamic: dict[str, dict[int, Any]] = {"frames": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}
         dynamic.update({f"state{k}": {1: "batch"} for k in range(states)})
         info = {"layers": enc.num_layers, "hidden": enc.hidden_size, "num_states": states,
                 "frame_beats": self.meta.frame_beats}
-        return ExportSpec(build=Graph, inputs=sample(torch.Generator().manual_seed(1)),
+        return ExportSpec(build=functools.partial(Graph, self), inputs=sample(torch.Generator().manual_seed(1)),
                           outputs=["logits", *(f"new_state{k}" for k in range(states))], dynamic=dynamic,
                           sample=sample, files={"music.json": info, "music_runtime.py": Path(__file__).with_name(
                               "export_runtime.py")}, manifest={"runtime_module": "music_runtime.py"})

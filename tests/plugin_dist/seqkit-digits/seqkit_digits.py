@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -124,15 +125,9 @@ class DigitsModel(nn.Module):
 
     def export_spec(self):
         # seqkit export RUN: digit ids and lengths in, class logits out (lengths stay graph inputs)
-        from seqkit.export import ExportSpec, export_encoder, random_lengths
+        from seqkit.export import ExportGraph, ExportSpec, random_lengths
 
-        model = self
-
-        class Graph(nn.Module):
-            def __init__(self, mode):
-                super().__init__()
-                self.model, self.encoder = model, export_encoder(model.encoder, mode)
-
+        class Graph(ExportGraph):
             def forward(self, ids, lengths):
                 out, _ = self.encoder(self.model.embed(ids), lengths)
                 mask = torch.arange(ids.size(1), device=out.device) < lengths.unsqueeze(1)
@@ -143,7 +138,8 @@ class DigitsModel(nn.Module):
             ids = torch.randint(1, 11, (n, longest), generator=gen)
             return {"ids": ids, "lengths": random_lengths(gen, n, longest)}
 
-        return ExportSpec(build=Graph, inputs=sample(torch.Generator().manual_seed(0)), outputs=["logits"],
+        return ExportSpec(build=functools.partial(Graph, self), inputs=sample(torch.Generator().manual_seed(0)),
+                          outputs=["logits"],
                           dynamic={"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}, sample=sample)
 
     @torch.inference_mode()
