@@ -15,6 +15,7 @@ import torch
 import seqkit
 import seqkit.testing
 from seqkit.data.conll import read_conll
+from tests.tiny import train_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 CONLL = ROOT / "recipes" / "ner" / "conll.yaml"
@@ -79,23 +80,7 @@ def test_a_generic_engine_bidirectional_model_never_changes_torchs_thread_count(
 
 
 def test_threads_sharing_a_language_model_get_single_thread_results(tmp_path, monkeypatch):
-    rng = random.Random(0)
-    words = "the a cat dog sat ran on under mat log".split()
-    for split, count in (("train", 120), ("valid", 10), ("test", 10)):
-        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(count)]
-        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (tmp_path / "lm.yaml").write_text(f"""
-description: tiny LM
-task: {{name: language-model, bptt: 8, eval_streams: 2}}
-data: {{dataset: text, train: {tmp_path}/train.txt, valid: {tmp_path}/valid.txt, test: {tmp_path}/test.txt}}
-features: {{kind: lm-tokens, units: words, embedding_dim: 12}}
-encoder: {{directions: forward, num_layers: 2, hidden_size: 12}}
-head: {{name: lm}}
-train: {{epochs: 1, max_steps: 10, batch_size: 4, lr: 0.01, seed: 3, threads: 1}}
-device: cpu
-""", encoding="utf-8")
-    seqkit.run_recipe(seqkit.Recipe.load(tmp_path / "lm.yaml"), tmp_path / "run", **QUIET)
-    model = seqkit.load(tmp_path / "run")
+    model = seqkit.load(train_lm(tmp_path))
     prompts = ["the cat", "a dog", "on the", "the"]
     generate = lambda p: (model.generate(p, max_tokens=8, seed=len(p)), model.score(p)["logprob"])  # noqa: E731
     alone = [generate(p) for p in prompts]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from seqkit.data.conll import read_conll
 from seqkit.encoder import Encoder
 from seqkit.errors import SeqkitError
 from seqkit.export import ExportEncoder, export_run
+from tests.tiny import train_lm
 
 pytest.importorskip("onnxruntime", reason="export tests need onnx, onnxscript, onnxruntime: pip install -e .[export]")
 
@@ -53,27 +53,8 @@ def tagger_runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def lm_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export-lm")
-    rng = random.Random(0)
-    words = "the a cat dog sat ran on under mat log".split()
-    for split, count in (("train", 200), ("valid", 20), ("test", 20)):
-        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(count)]
-        (tmp / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    runs = {}
-    for cell, directions in (("lstm", "forward"), ("gru", "forward"), ("lstm", "split")):
-        path = tmp / f"{cell}-{directions}.yaml"
-        path.write_text(f"""
-description: tiny LM
-task: {{name: language-model, bptt: 8, eval_streams: 2}}
-data: {{dataset: text, train: {tmp}/train.txt, valid: {tmp}/valid.txt, test: {tmp}/test.txt}}
-features: {{kind: lm-tokens, units: words, embedding_dim: 12}}
-encoder: {{cell: {cell}, directions: {directions}, num_layers: 2, hidden_size: 12}}
-head: {{name: lm}}
-train: {{epochs: 1, max_steps: 10, batch_size: 4, lr: 0.01, seed: 3, threads: 1}}
-device: cpu
-""", encoding="utf-8")
-        seqkit.run_recipe(seqkit.Recipe.load(path), tmp / path.stem, **QUIET)
-        runs[path.stem] = tmp / path.stem
-    return runs
+    return {f"{cell}-{directions}": train_lm(tmp, f"{cell}-{directions}", cell=cell, directions=directions)
+            for cell, directions in (("lstm", "forward"), ("gru", "forward"), ("lstm", "split"))}
 
 
 # -- the encoder graph ------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ models; ``seqkit transcribe --stream`` reads PCM from stdin in a real subprocess
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from seqkit import registry
 from seqkit.errors import SeqkitError
 from seqkit.heads.ctc import CTCVocab
 from seqkit.models.speech import SpeechModel, collate
+from tests.tiny import train_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMING = ROOT / "recipes" / "ctc" / "synth-speech-streaming.yaml"
@@ -95,25 +95,7 @@ def test_models_that_need_the_whole_utterance_cannot_stream(override, message):
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stream-lm")
-    rng = random.Random(1)
-    words = "the a cat dog sat ran on under mat log".split()
-    for split, count in (("train", 200), ("valid", 20), ("test", 20)):
-        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(count)]
-        (tmp / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    path = tmp / "lm.yaml"
-    path.write_text(f"""
-description: tiny LM
-task: {{name: language-model, bptt: 8, eval_streams: 2}}
-data: {{dataset: text, train: {tmp}/train.txt, valid: {tmp}/valid.txt, test: {tmp}/test.txt}}
-features: {{kind: lm-tokens, units: words, embedding_dim: 12}}
-encoder: {{directions: forward, num_layers: 2, hidden_size: 12}}
-head: {{name: lm}}
-train: {{epochs: 1, max_steps: 20, batch_size: 4, lr: 0.01, seed: 3, threads: 1}}
-device: cpu
-""", encoding="utf-8")
-    seqkit.run_recipe(seqkit.Recipe.load(path), tmp / "run", **QUIET)
-    return seqkit.load(tmp / "run")
+    return seqkit.load(train_lm(tmp_path_factory.mktemp("stream-lm"), steps=20, seed=1))
 
 
 def test_lm_stream_in_pieces_scores_the_whole_text(lm):
