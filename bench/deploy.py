@@ -8,8 +8,8 @@ several client threads on one model, and streaming transcription (CER, chunk-to-
 
 Each figure is end to end, as an app sees it: text to entities (tokenising, network, Viterbi)
 or waveform to text (log-mel features, network, greedy CTC). ``export`` and ``stream`` use one
-intra-op thread (``--threads``) for torch and for ONNX Runtime alike. Run it with nothing else
-on the machine.
+intra-op thread (``--threads``) for torch and for ONNX Runtime alike; ``threads`` gives each of
+the client threads' calls that many. Run it with nothing else on the machine.
 """
 
 from __future__ import annotations
@@ -93,8 +93,8 @@ def bench_export(run: Path, limit: int, threads: int, batch: int) -> dict:
     return result
 
 
-def bench_threads(run: Path, limit: int, clients: list[int], rounds: int) -> dict:
-    model = seqkit.load(run)
+def bench_threads(run: Path, limit: int, clients: list[int], rounds: int, threads: int) -> dict:
+    model = seqkit.load(run, threads=threads)
     kind, items = _inputs(model, limit)
     call = model.tag if kind == "sentences" else (lambda x: model.transcribe(x[0], sample_rate=model.sample_rate))
     call(items[0])
@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("what", choices=["export", "threads", "stream"])
     parser.add_argument("run", type=Path)
     parser.add_argument("--limit", type=int, default=300, help="test items (default 300)")
-    parser.add_argument("--threads", type=int, default=1, help="intra-op threads (export, stream; default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch's (and onnxruntime's) intra-op threads "
+                                                                "(default 1)")
     parser.add_argument("--batch", type=int, default=64, help="the throughput batch (export; default 64)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], help="client threads (threads)")
     parser.add_argument("--rounds", type=int, default=1, help="passes over the items per client count (threads)")
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.what == "export":
         result = bench_export(args.run, args.limit, args.threads, args.batch)
     elif args.what == "threads":
-        result = bench_threads(args.run, args.limit, args.clients, args.rounds)
+        result = bench_threads(args.run, args.limit, args.clients, args.rounds, args.threads)
     else:
         result = bench_stream(args.run, args.limit, args.threads, args.chunk_ms)
     if args.json:
