@@ -154,22 +154,29 @@ def spans(tags: Sequence[str], scheme: str) -> list[tuple[str, int, int]]:
     return out
 
 
-def viterbi(emissions: np.ndarray, length: int, transitions: np.ndarray, start: np.ndarray,
-            end: np.ndarray) -> list[int]:
-    """The best tag path of one sequence: emissions (L, C), scores of moves (C, C), of the first
-    and last tag (C,); forbidden moves are -inf."""
-    score = start + emissions[0]
+def viterbi(emissions: np.ndarray, lengths: np.ndarray, transitions: np.ndarray, start: np.ndarray,
+            end: np.ndarray) -> list[list[int]]:
+    """The best tag path of each sequence of a batch: emissions (N, L, C), lengths (N,), scores of
+    moves (C, C), of the first and last tag (C,); forbidden moves are -inf. Rows past their
+    length carry their scores unchanged, so one backtrace serves the whole batch."""
+    n, length, tags = emissions.shape
+    rows = np.arange(n)
+    score = start + emissions[:, 0]  # (N, C)
+    stay = np.broadcast_to(np.arange(tags), (n, tags))
     back = []
     for t in range(1, length):
-        total = score[:, None] + transitions  # (from, to)
-        back.append(total.argmax(0))
-        score = total.max(0) + emissions[t]
-    tag = int((score + end).argmax())
+        total = score[:, :, None] + transitions  # (N, from, to)
+        best = total.argmax(1)  # (N, C)
+        live = (t < lengths)[:, None]
+        score = np.where(live, np.take_along_axis(total, best[:, None, :], 1)[:, 0] + emissions[:, t], score)
+        back.append(np.where(live, best, stay))
+    tag = (score + end).argmax(1)  # (N,)
     path = [tag]
     for pointers in reversed(back):
-        tag = int(pointers[tag])
+        tag = pointers[rows, tag]
         path.append(tag)
-    return path[::-1]
+    paths = np.stack(path[::-1], 1)  # (N, L)
+    return [paths[i, : int(lengths[i])].tolist() for i in range(n)]
 
 
 class Tagger:
@@ -228,10 +235,12 @@ class Tagger:
             if self.bigrams is not None:
                 feeds["ids"] = np.concatenate([feeds["ids"], _pad([big for _, big in encoded])[..., None]], -1)
             (emissions,) = self.graph.run(feeds)
+            if self.crf:
+                best = viterbi(emissions, lengths, *self.crf)
+            else:
+                best = [emissions[k, : int(n)].argmax(-1).tolist() for k, n in enumerate(lengths)]
             for k, i in enumerate(rows):
-                n = int(lengths[k])
-                best = viterbi(emissions[k], n, *self.crf) if self.crf else emissions[k, :n].argmax(-1).tolist()
-                paths[i] = [self.labels[j] for j in best]
+                paths[i] = [self.labels[j] for j in best[k]]
         results = []
         for text, (toks, offs), tags in zip(items, split, paths):
             entities = [{"type": kind, "text": text[offs[s][0]: offs[e - 1][1]], "start": offs[s][0],

@@ -212,3 +212,23 @@ def test_exported_speech_model_transcribes_as_seqkit(tmp_path, directions):
     assert any(want), "an untrained model that says nothing would make this check empty"
     feats = model.fbank(torch.from_numpy(waves[0])).numpy()
     np.testing.assert_allclose(exported.features(waves[0]), feats, atol=2e-3)  # log-mel in numpy vs torchaudio
+
+
+def test_the_runtimes_batched_viterbi_is_the_crfs():
+    """runtime.py's numpy Viterbi (a batch at once, rows of any length) decodes as seqkit's CRF."""
+    from seqkit.export_runtime import viterbi
+    from seqkit.heads.crf import CRF
+    from seqkit.heads.scheme import allowed_transitions
+
+    labels = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
+    crf = CRF(len(labels), *allowed_transitions(labels, "BIOES"))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+        for n, length in ((1, 1), (5, 12), (9, 30)):
+            emissions = torch.randn(n, length, len(labels), generator=gen) * 3
+            lengths = torch.randint(1, length + 1, (n,), generator=gen)
+            trans, start, end = crf._scores(torch.float32, float("-inf"))
+            got = viterbi(emissions.numpy(), lengths.numpy(), trans.numpy(), start.numpy(), end.numpy())
+            assert got == crf.decode(emissions, lengths)
