@@ -36,8 +36,10 @@ class _Size(click.ParamType):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on (0: any free port; the URL line says which).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda[:N], mps or auto.")
-@click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
-              help="torch intra-op threads (0: torch's default).")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=0),
+              help="torch intra-op threads of each model's thread (0: torch's default). Called from a thread "
+                   "other than the main one, torch's OpenMP threads cost more than they give: 2 were 3x slower "
+                   "than 1 for an MSRA sentence on 2 cores (docs/deploying.md).")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
               help="Micro-batching: texts per model call for /tag, /score, /embed (1: off).")
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0),
