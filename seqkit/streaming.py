@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from .errors import SeqkitError
+from .features.audio import _LOG_FLOOR
 
 if TYPE_CHECKING:
     from .models.lm import LanguageModel
@@ -66,18 +67,12 @@ class _Framer:
         spec = self.mel.spectrogram
         power = torch.stft(chunk, self.n_fft, self.hop, spec.win_length, spec.window, center=False,
                            return_complex=True).abs().pow(2)  # (n_fft // 2 + 1, K)
-        feats = (self.mel.mel_scale(power) + _log_floor()).log().transpose(0, 1)  # (K, F)
+        feats = (self.mel.mel_scale(power) + _LOG_FLOOR).log().transpose(0, 1)  # (K, F)
         self.frames = ready
         keep = self.frames * self.hop - self.start  # samples the next frame starts at
         self.samples = self.samples[keep:]
         self.start += keep
         return feats
-
-
-def _log_floor() -> float:
-    from .features.audio import _LOG_FLOOR
-
-    return _LOG_FLOOR
 
 
 class _StreamingConv:
