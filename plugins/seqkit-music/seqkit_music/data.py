@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 from dataclasses import dataclass, field
@@ -414,7 +415,12 @@ def folk_provider(config: FolkConfig, *, base: Path, log: Callable[[str], None] 
             return {"lines": np.array(lines[: config.limit])}
         workers = max(1, min(len(files), os.cpu_count() or 1))
         parsed: dict[int, list[str]] = {}
-        with ProcessPoolExecutor(workers) as pool:  # the largest collections first, so the workers finish together
+        if workers == 1:
+            return {"lines": np.array([line for f in files for line in _parse_collection(str(f), config.transpose)])}
+        # spawned, not forked: a forked worker of a process with threads of its own (torch's, onnxruntime's) can
+        # hang on a lock one of them held (seen: a test process that had run onnxruntime hung here)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:  # largest first: the workers finish together
             jobs = {pool.submit(_parse_collection, str(f), config.transpose): k
                     for k, f in sorted(enumerate(files), key=lambda kf: -kf[1].stat().st_size)}
             for done, job in enumerate(as_completed(jobs), start=1):
