@@ -1,23 +1,27 @@
 """``seqkit serve``: trained runs behind an HTTP JSON API (Starlette on uvicorn).
 
-Endpoints: ``POST /tag``, ``/transcribe``, ``/generate`` (streamed), ``/score``, ``/embed``;
-``GET /health``, ``/metrics`` (Prometheus) and ``/`` (a page to try each model). Concurrent
-text requests for one model are micro-batched (:mod:`seqkit.microbatch`); every bad request
-gets a 4xx JSON ``{"error": ...}``. Needs the ``serve`` extra.
+Endpoints: ``POST /tag``, ``/transcribe``, ``/generate`` (text streamed; a piano-roll model's
+picture and MIDI), ``/score``, ``/embed``; ``GET /health``, ``/metrics`` (Prometheus) and ``/``
+(a page to try each model). Concurrent text requests for one model are micro-batched
+(:mod:`seqkit.microbatch`); every bad request gets a 4xx JSON ``{"error": ...}``. Needs the
+``serve`` extra.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import json
 import logging
 import math
 import re
+import secrets
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import torch
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -45,6 +50,8 @@ from .serve_api import (
     generate_options,
     json_body,
     read_audio_request,
+    roll_options,
+    sampling_options,
     text_items,
 )
 
@@ -53,8 +60,14 @@ __all__ = ["Limits", "Served", "create_app", "load_runs", "run_server"]
 log = logging.getLogger("seqkit.serve")
 ENDPOINTS = ("tag", "transcribe", "generate", "score", "embed")
 _BATCHED = ("tag", "score", "embed")
-_DOING = {"tag": "tag text", "transcribe": "transcribe speech", "generate": "generate text",
-          "score": "score text", "embed": "embed text"}
+_DOING = {"tag": "tag text", "transcribe": "transcribe speech", "generate": "generate",
+          "score": "score text", "embed": "embed text", "text": "generate text", "piano-roll": "generate piano rolls"}
+_MAKES = {"text": "text", "piano-roll": "piano rolls"}
+# /generate's fields of one kind of model only: they pick the kind when "model" is left out
+_KIND_FIELDS = {"text": ("prompt", "max_tokens", "top_k", "top_p"), "piano-roll": ("frames", "seconds", "format")}
+_GENERATE_FIELDS = ("model", "prompt", "max_tokens", "frames", "seconds", "temperature", "top_k", "top_p", "seed",
+                    "format")
+_PICTURES = threading.Lock()  # matplotlib's pyplot keeps global state: one picture at a time, whichever model
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _END = object()  # the end of a token stream
 
@@ -73,6 +86,7 @@ class Limits:
     max_texts: int = 256  # texts per request
     max_audio_seconds: float = 60.0
     max_tokens: int = 1000  # tokens per /generate
+    max_frames: int = 512  # piano-roll frames per /generate
     max_beam: int = 64  # /transcribe beam width
     rate_limit: float = 50.0  # requests/s per client IP (0: off)
     rate_burst: float = 0.0  # requests at once per client IP (0: twice rate_limit, at least 1)
@@ -88,34 +102,59 @@ class Served:
     task: str
     endpoints: tuple[str, ...]
     executor: ThreadPoolExecutor = field(repr=False)
+    generates: Optional[str] = None  # what /generate gives: "text" or "piano-roll"
+    frame_seconds: Optional[float] = None  # a piano-roll model's frame length (at its default tempo)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "task": self.task, "endpoints": list(self.endpoints)}
+        found = {"name": self.name, "task": self.task, "endpoints": list(self.endpoints)}
+        return {**found, "generates": self.generates} if self.generates else found
 
 
-def _answers(model: nn.Module) -> tuple[str, ...]:
-    """The endpoints a model can answer (a forward-only language model cannot embed, a split one
-    cannot generate: both are tried once on a tiny input)."""
+def _works(call: Callable[[], Any]) -> bool:
+    try:
+        call()
+        return True
+    except SeqkitError:
+        return False
 
-    def works(call: Callable[[], Any]) -> bool:
-        try:
-            call()
-            return True
-        except SeqkitError:
-            return False
 
+def _generates(model: nn.Module) -> tuple[Optional[str], Optional[float]]:
+    """What ``/generate`` gives for a model, tried once on a tiny input: ``("text", None)`` for
+    one that streams tokens (``generate_tokens``; a melody model is one, its tokens are note
+    events), ``("piano-roll", seconds a frame)`` for one whose ``generate(frames, seed=...)``
+    returns a piano roll that saves a picture and MIDI (``save_png``, ``save_midi``), else
+    ``(None, None)`` (a split language model cannot generate)."""
+    tokens = getattr(model, "generate_tokens", None)
+    if callable(tokens):
+        return ("text", None) if _works(lambda: list(tokens("", max_tokens=0))) else (None, None)
+    generate = getattr(model, "generate", None)
+    if not callable(generate):
+        return None, None
+    try:
+        roll = generate(0, seed=0)
+    except (SeqkitError, TypeError):  # TypeError: a generate() that takes something else
+        return None, None
+    seconds = getattr(roll, "frame_seconds", None)
+    if all(callable(getattr(roll, name, None)) for name in ("save_png", "save_midi")) \
+            and isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0:
+        return "piano-roll", float(seconds)
+    return None, None
+
+
+def _answers(model: nn.Module, generates: Optional[str]) -> tuple[str, ...]:
+    """The endpoints a model can answer (a forward-only language model cannot embed: tried once
+    on a tiny input; ``generates``: see :func:`_generates`)."""
     found = []
     if callable(getattr(model, "tag", None)):
         found.append("tag")
     if callable(getattr(model, "transcribe", None)):
         found.append("transcribe")
-    gen = getattr(model, "generate_tokens", None)
-    if callable(gen) and works(lambda: list(gen("", max_tokens=0))):
+    if generates:
         found.append("generate")
     if callable(getattr(model, "score", None)):
         found.append("score")
     embed = getattr(model, "embed_texts", None)
-    if callable(embed) and works(lambda: embed(["a"])):
+    if callable(embed) and _works(lambda: embed(["a"])):
         found.append("embed")
     return tuple(found)
 
@@ -124,6 +163,10 @@ def load_runs(specs: Sequence[str], *, device: str = "cpu") -> dict[str, Served]
     """Load each ``RUN`` (named by its folder) or ``NAME=RUN``; one clear error for a folder that
     is not a run, a model that answers no endpoint, or two runs of the same name."""
     served: dict[str, Served] = {}
+    # each model's thread sets torch's intra-op threads (--threads) itself: OpenMP keeps the setting per
+    # thread, and a thread that never set it was up to 50x slower (a piano-roll model's 64 frames took
+    # 0.4-0.9 s there against 0.02 s once set, 2 busy cores)
+    threads = torch.get_num_threads()
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or Path(spec).exists():
@@ -137,12 +180,15 @@ def load_runs(specs: Sequence[str], *, device: str = "cpu") -> dict[str, Served]
             raise SeqkitError(f"{spec}: two runs are named {name!r} ({served[name].run} and {run}); "
                               f"name one with NAME=RUN")
         model = load(run, device=device)
-        endpoints = _answers(model)
+        generates, frame_seconds = _generates(model)
+        endpoints = _answers(model, generates)
         task = getattr(getattr(getattr(model, "recipe", None), "task", None), "name", type(model).__name__)
         if not endpoints:
             raise SeqkitError(f"{run}: its model (task {task}) answers none of /{', /'.join(ENDPOINTS)}")
         served[name] = Served(name, run, model, task, endpoints,
-                              ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"seqkit-{name}"))
+                              ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"seqkit-{name}",
+                                                 initializer=torch.set_num_threads, initargs=(threads,)),
+                              generates, frame_seconds)
     return served
 
 
@@ -151,6 +197,30 @@ def _vectors(result: dict[str, Any]) -> dict[str, Any]:
     vectors = result["vectors"]
     mean = vectors.float().mean(0).tolist() if len(vectors) else None
     return {**{k: v for k, v in result.items() if k != "vectors"}, "vectors": vectors.tolist(), "vector": mean}
+
+
+def _kind_fields(kind: Optional[str]) -> tuple[str, ...]:
+    return (*_KIND_FIELDS.get(kind or "", ()), "temperature", "seed")
+
+
+def _sample_roll(model: Any, frames: int, options: dict[str, Any], files: Sequence[str]) -> dict[str, Any]:
+    """``model.generate(frames, ...)`` and the ``files`` ("png", "midi") of the roll it gives, as
+    bytes; run in the model's thread."""
+    started = time.perf_counter()
+    roll = model.generate(frames, **options)
+    took = time.perf_counter() - started
+    count = getattr(roll, "note_count", None)
+    found: dict[str, Any] = {"notes": int(count()) if callable(count) else None, "time_s": round(took, 4)}
+    with tempfile.TemporaryDirectory(prefix="seqkit-serve-") as tmp:
+        for kind in files:
+            path = Path(tmp) / f"roll.{'mid' if kind == 'midi' else kind}"
+            if kind == "png":
+                with _PICTURES:
+                    roll.save_png(path)
+            else:
+                roll.save_midi(path)
+            found[kind] = path.read_bytes()
+    return found
 
 
 _CALLS: dict[str, Callable[[Any, list[str]], list[Any]]] = {
@@ -199,9 +269,10 @@ class Api:
 
     # -- choosing a model and calling it ------------------------------------------------------
 
-    def pick(self, name: Any, endpoint: str) -> Served:
-        """The model a request names, or the only one that answers ``endpoint``."""
-        able = [s.name for s in self.models.values() if endpoint in s.endpoints]
+    def pick(self, name: Any, endpoint: str, kind: Optional[str] = None) -> Served:
+        """The model a request names, or the only one that answers ``endpoint`` (``kind``: and
+        generates that, "text" or "piano-roll")."""
+        able = [s.name for s in self.models.values() if endpoint in s.endpoints and kind in (None, s.generates)]
         if name is not None:
             if not isinstance(name, str):
                 raise ApiError(422, f'"model": expected a model name (a string), got {type(name).__name__}')
@@ -213,13 +284,20 @@ class Api:
                 others = f"; models that do: {', '.join(able)}" if able else ""
                 raise ApiError(422, f"model {name!r} (task {served.task}) does not {_DOING[endpoint]}: it answers "
                                     f"/{', /'.join(served.endpoints)}{others}")
+            if kind not in (None, served.generates):
+                fields = ", ".join(f'"{f}"' for f in _KIND_FIELDS[kind])
+                others = f"; models that do: {', '.join(able)}" if able else ""
+                raise ApiError(422, f"model {name!r} (task {served.task}) does not {_DOING[kind]} ({fields} are for "
+                                    f"those): it generates {_MAKES.get(served.generates or '', '')}, from "
+                                    f"{', '.join(_kind_fields(served.generates))}{others}")
             return served
+        doing = _DOING[kind or endpoint]
         if len(able) == 1:
             return self.models[able[0]]
         if not able:
             loaded = ", ".join(f"{s.name} ({s.task})" for s in self.models.values())
-            raise ApiError(422, f"no loaded model can {_DOING[endpoint]} (loaded: {loaded})")
-        raise ApiError(422, f'several models can {_DOING[endpoint]} ({", ".join(able)}); name one with "model"')
+            raise ApiError(422, f"no loaded model can {doing} (loaded: {loaded})")
+        raise ApiError(422, f'several models can {doing} ({", ".join(able)}); name one with "model"')
 
     async def call(self, served: Served, endpoint: str, fn: Callable[[], Any]) -> Any:
         """``fn()`` in the model's thread; a user error is 422, anything else 500 (logged)."""
@@ -274,9 +352,18 @@ class Api:
                              "time_s": result["time_s"]})
 
     async def generate(self, request: Request) -> Response:
-        body = await json_body(request, ("model", "prompt", "max_tokens", "temperature", "top_k", "top_p", "seed"))
+        body = await json_body(request, _GENERATE_FIELDS)
+        sampling_options(body)  # checked first: the same for every kind of model
+        given = {kind: [f for f in fields if f in body] for kind, fields in _KIND_FIELDS.items()}
+        if given["text"] and given["piano-roll"]:
+            text, roll = given["text"][0], given["piano-roll"][0]
+            raise ApiError(422, f'"{text}" is for text models and "{roll}" for piano-roll models: give the fields '
+                                "of one")
+        kind = next((k for k, fields in given.items() if fields), None)
+        served = self.pick(body.get("model"), "generate", kind)
+        if served.generates == "piano-roll":
+            return await self.piano_roll(served, body)
         prompt, options = generate_options(body, self.limits)
-        served = self.pick(body.get("model"), "generate")
         tokens = served.model.generate_tokens(prompt, **options)  # type: ignore[operator]
         first = await self.call(served, "generate", lambda: next(tokens, _END))  # errors come before the 200
         loop, counter = asyncio.get_running_loop(), self.metrics.tokens.labels(served.name)
@@ -298,6 +385,26 @@ class Api:
 
         return StreamingResponse(chunks(), media_type="application/x-ndjson",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def piano_roll(self, served: Served, body: dict[str, Any]) -> Response:
+        """A piano-roll model's ``/generate``: the roll sampled, its picture and MIDI written by the
+        model's own ``save_png``/``save_midi``, all in the model's thread; JSON with both base64,
+        or one file as is (``"format": "png"`` or ``"midi"``)."""
+        each = served.frame_seconds or 1.0  # set for every piano-roll model (load_runs)
+        frames, answer, options = roll_options(body, self.limits, each)
+        if options["seed"] is None:  # drawn here, so that the answer can say it (below 2**31: JSON numbers)
+            options["seed"] = secrets.randbelow(2**31)
+        wanted = ("png", "midi") if answer == "json" else (answer,)
+        result = await self.call(served, "generate", lambda: _sample_roll(served.model, frames, options, wanted))
+        self.metrics.frames.labels(served.name).inc(frames)
+        headers = {"X-Seqkit-Model": served.name, "X-Seqkit-Seed": str(options["seed"])}
+        if answer == "png":
+            return Response(result["png"], media_type="image/png", headers=headers)
+        if answer == "midi":
+            return Response(result["midi"], media_type="audio/midi", headers=headers)
+        files = {key: base64.b64encode(result.pop(key)).decode("ascii") for key in wanted}
+        return JSONResponse({"model": served.name, "frames": frames, "seconds": round(frames * each, 3), **result,
+                             "seed": options["seed"], **files})
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok", "models": [s.describe() for s in self.models.values()]})

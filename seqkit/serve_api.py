@@ -20,9 +20,10 @@ if TYPE_CHECKING:
     from .serve import Limits
 
 __all__ = ["ApiError", "Metrics", "RateLimiter", "audio_waveform", "generate_options", "json_body",
-           "read_audio_request", "text_items"]
+           "read_audio_request", "roll_options", "sampling_options", "text_items"]
 
 _MAX_SEED = 2**63 - 1
+ROLL_FORMATS = ("json", "png", "midi")  # a piano roll's /generate answer: both files in JSON, or one file
 
 
 class ApiError(Exception):
@@ -124,8 +125,14 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
     return value
 
 
+def sampling_options(body: dict[str, Any]) -> dict[str, Any]:
+    """``temperature`` and ``seed`` of a ``/generate`` body: the same for text and piano rolls."""
+    return {"temperature": _number(body, "temperature", 1.0, 0.0, 100.0, hint=" (0: always the most likely)"),
+            "seed": _integer(body, "seed", None, 0, _MAX_SEED, " (or null for a random seed)")}
+
+
 def generate_options(body: dict[str, Any], limits: "Limits") -> tuple[str, dict[str, Any]]:
-    """The prompt and sampling options of a ``/generate`` body."""
+    """The prompt and sampling options of a ``/generate`` body for a text model."""
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str):
         raise ApiError(422, f'"prompt": expected a string, got {_kind(prompt)}')
@@ -135,12 +142,31 @@ def generate_options(body: dict[str, Any], limits: "Limits") -> tuple[str, dict[
     options = {
         "max_tokens": _integer(body, "max_tokens", min(100, limits.max_tokens), 0, limits.max_tokens,
                                " on this server (--max-tokens)"),
-        "temperature": _number(body, "temperature", 1.0, 0.0, 100.0, hint=" (0: always the most likely)"),
+        **sampling_options(body),
         "top_k": _integer(body, "top_k", 0, 0, 2**31 - 1, " (0: no limit)"),
         "top_p": _number(body, "top_p", 1.0, 0.0, 1.0, open_low=True, hint=" (1: no limit)"),
-        "seed": _integer(body, "seed", None, 0, _MAX_SEED, " (or null for a random seed)"),
     }
     return prompt, options
+
+
+def roll_options(body: dict[str, Any], limits: "Limits", frame_seconds: float) -> tuple[int, str, dict[str, Any]]:
+    """The frames to sample (``frames``, or ``seconds`` of music at ``frame_seconds`` a frame), the
+    answer's ``format`` and the sampling options of a ``/generate`` body for a piano-roll model."""
+    if "frames" in body and "seconds" in body:
+        raise ApiError(422, 'give "frames" or "seconds", not both')
+    cap = limits.max_frames
+    if "seconds" in body:
+        seconds = _number(body, "seconds", 0.0, 0.0, cap * frame_seconds, open_low=True,
+                          hint=f" for this model on this server ({cap} frames of {frame_seconds:g} s, --max-frames)")
+        frames = min(cap, max(1, round(seconds / frame_seconds)))
+    else:
+        frames = _integer(body, "frames", min(32, cap), 1, cap, " on this server (--max-frames)")
+    answer = body.get("format", "json")
+    if answer not in ROLL_FORMATS:
+        shown = repr(answer) if isinstance(answer, str) else _kind(answer)
+        raise ApiError(422, f'"format": expected "json" (the picture and the MIDI, base64), "png" or "midi" '
+                            f"(the file itself), got {shown}")
+    return frames, answer, sampling_options(body)
 
 
 async def read_audio_request(request: Request, limits: "Limits") -> tuple[bytes, dict[str, Any]]:
@@ -238,6 +264,8 @@ class Metrics:
         self.queue_depth = Gauge("seqkit_queue_depth", "Requests waiting for a micro-batch", ["model", "endpoint"],
                                  registry=r)
         self.tokens = Counter("seqkit_generated_tokens", "Tokens streamed by /generate", ["model"], registry=r)
+        self.frames = Counter("seqkit_generated_frames", "Piano-roll frames sampled by /generate", ["model"],
+                              registry=r)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

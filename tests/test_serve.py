@@ -1,10 +1,11 @@
-"""`seqkit serve` end to end: three tiny runs trained here (a CoNLL tagger, a word LM, a CTC
-speech model), the real server as a subprocess, real HTTP requests, and its page in headless
-Chromium."""
+"""`seqkit serve` end to end: tiny runs trained here (a CoNLL tagger, a word LM, a CTC speech
+model and, when the seqkit-music plugin is installed, a piano-roll model), the real server as a
+subprocess, real HTTP requests, and its page in headless Chromium."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import random
@@ -26,12 +27,21 @@ import seqkit
 from seqkit.build import run_recipe
 from seqkit.cli import cli
 from seqkit.recipe import Recipe
+from seqkit.testing import registered_plugin
 
 for module in ("starlette", "uvicorn", "multipart", "prometheus_client", "httpx"):
     pytest.importorskip(module, reason="seqkit serve's tests need the serve extra and httpx: pip install -e '.[test]'")
 
 import httpx  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+try:  # the piano-roll model: the seqkit-music plugin (plugins/seqkit-music), installed as a distribution
+    import seqkit_music
+except ImportError:
+    seqkit_music = None
+needs_music = pytest.mark.skipif(seqkit_music is None, reason="needs the seqkit-music plugin (pip install -c "
+                                 "constraints.txt -e plugins/seqkit-music): the piano-roll model is its own")
+PNG = b"\x89PNG\r\n\x1a\n"
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTENCE = "Ada Brook works for Acme Corp in Paris ."
@@ -40,7 +50,7 @@ SENTENCES = [SENTENCE, "Lena Hart moved to Brisk last year .", "Paris is far fro
 ARTIFACTS = ROOT / "tests" / "artifacts"
 SERVER_FLAGS = ["--threads", "1", "--max-wait-ms", "20", "--max-chars", "2000", "--max-texts", "64",
                 "--max-body", "256k", "--max-audio-body", "2MB", "--max-audio-seconds", "5", "--max-tokens", "200",
-                "--rate-limit", "0"]
+                "--max-frames", "128", "--rate-limit", "0"]
 
 
 # -- tiny runs --------------------------------------------------------------------------------
@@ -100,6 +110,39 @@ device: cpu
     return tmp / name
 
 
+def _chorale_like(seed: int, frames: int = 24) -> list[list[int]]:
+    """Four voices moving by small steps around C major, as a JSB-style list of pitch lists (as
+    the plugin's own tests make them)."""
+    rng = np.random.default_rng(seed)
+    voices = np.array([48, 55, 64, 72])
+    out = []
+    for _ in range(frames):
+        voices = np.clip(voices + rng.integers(-2, 3, size=4), 36, 84)
+        out.append(sorted(int(v) for v in voices))
+    return out
+
+
+def _train_music(tmp: Path) -> Path:
+    """A piano-roll run (bernoulli head) on tiny JSB-style data, the plugin registered in this
+    process while it trains. 10 epochs (about 1 s): after 1 the model still turns half the keys
+    on, and the page's picture (tests/artifacts/serve-page.png) would be noise; after 10 it plays
+    about four notes a frame, as the data does."""
+    data = {"train": [_chorale_like(k) for k in range(8)], "valid": [_chorale_like(100 + k) for k in range(2)],
+            "test": [_chorale_like(200 + k) for k in range(2)]}
+    path = _write(tmp / "chorales.json", json.dumps(data))
+    recipe = _write(tmp / "music.yaml", f"""
+task: piano-roll
+data: {{dataset: jsb, path: {path}}}
+encoder: {{hidden_size: 16, num_layers: 1, bidirectional: false}}
+head: {{name: bernoulli}}
+train: {{epochs: 10, lr: 0.03, batch_size: 4, threads: 1}}
+device: cpu
+""")
+    with registered_plugin(seqkit_music, name="music"):
+        run_recipe(Recipe.load(recipe), tmp / "music", progress=False, log=lambda m: None)
+    return tmp / "music"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """One thread each (several threads on a busy 2-core machine were 8x slower); torch's thread
@@ -107,7 +150,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("serve")
     threads = torch.get_num_threads()
     try:
-        return {"tagger": _train_tagger(tmp), "lm": _train_lm(tmp), "asr": _train_speech(tmp)}
+        found = {"tagger": _train_tagger(tmp), "lm": _train_lm(tmp), "asr": _train_speech(tmp)}
+        if seqkit_music is not None:
+            found["music"] = _train_music(tmp)
+        return found
     finally:
         torch.set_num_threads(threads)
 
@@ -118,10 +164,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 class Server:
     """`seqkit serve` as a real process on a free port; its stderr goes to a file."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, plugins: bool = False) -> None:
         self.log = log
         self.stderr = open(log, "w", encoding="utf-8")
-        env = {**os.environ, "SEQKIT_LOAD_PLUGINS": "0"}
+        # plugins: the installed ones found through their entry points (the piano-roll task is the music plugin's)
+        env = {**os.environ, "SEQKIT_LOAD_PLUGINS": "1" if plugins else "0"}
         self.proc = subprocess.Popen([sys.executable, "-m", "seqkit", "serve", *args, "--port", "0"], cwd=ROOT,
                                      env=env, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         self.url = ""
@@ -160,7 +207,7 @@ class Server:
 @pytest.fixture(scope="module")
 def servers(runs, tmp_path_factory):
     logs = tmp_path_factory.mktemp("serve-logs")
-    main = Server([str(runs["tagger"]), str(runs["lm"]), str(runs["asr"]), *SERVER_FLAGS], logs / "main.log")
+    main = Server([str(path) for path in runs.values()] + SERVER_FLAGS, logs / "main.log", plugins="music" in runs)
     limited = Server([str(runs["tagger"]), "--threads", "1", "--max-batch", "1", "--rate-limit", "0.2",
                       "--rate-burst", "3"], logs / "limited.log")
     try:
@@ -188,7 +235,11 @@ def models(runs):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield {name: seqkit.load(path) for name, path in runs.items()}
+        loaded = {name: seqkit.load(path) for name, path in runs.items() if name != "music"}
+        if "music" in runs:
+            with registered_plugin(seqkit_music, name="music"):
+                loaded["music"] = seqkit.load(runs["music"])
+        yield loaded
     finally:
         torch.set_num_threads(threads)
 
@@ -211,11 +262,14 @@ def _sample(families: dict, family: str, suffix: str, **labels) -> float:
 def test_health_lists_each_model_and_what_it_answers(client):
     health = client.get("/health").json()
     assert health["status"] == "ok"
-    assert {m["name"]: (m["task"], m["endpoints"]) for m in health["models"]} == {
-        "tagger": ("tagging", ["tag", "embed"]),
-        "lm": ("language-model", ["generate", "score"]),
-        "asr": ("transcription", ["transcribe"]),
+    want = {
+        "tagger": ("tagging", ["tag", "embed"], None),
+        "lm": ("language-model", ["generate", "score"], "text"),
+        "asr": ("transcription", ["transcribe"], None),
     }
+    if seqkit_music is not None:
+        want["music"] = ("piano-roll", ["generate"], "piano-roll")
+    assert {m["name"]: (m["task"], m["endpoints"], m.get("generates")) for m in health["models"]} == want
 
 
 def test_tag_answers_what_the_loaded_model_does(client, models):
@@ -256,6 +310,35 @@ def test_generate_streams_tokens_that_join_to_generate(client, models):
     pieces = [chunk["text"] for chunk in lines if "text" in chunk]
     assert len(pieces) == 25 and lines[-1] == {"done": True, "tokens": 25}
     assert "".join(pieces) == models["lm"].generate("the cat", **options)
+
+
+@needs_music
+def test_generate_draws_a_piano_roll_with_the_models_own_picture_and_midi(client, models, tmp_path):
+    options = {"frames": 48, "temperature": 1.0, "seed": 5}
+    first = client.post("/generate", json={"model": "music", **options})
+    assert first.status_code == 200 and first.headers["content-type"] == "application/json"
+    got = first.json()
+    assert {k: got[k] for k in ("model", "frames", "seed")} == {"model": "music", "frames": 48, "seed": 5}
+    png, midi = base64.b64decode(got["png"]), base64.b64decode(got["midi"])
+    width, height = (int.from_bytes(png[at: at + 4], "big") for at in (16, 20))  # the IHDR chunk
+    assert png.startswith(PNG) and png[12:16] == b"IHDR" and 300 <= width <= 2000 and 200 <= height <= 2000
+    assert midi.startswith(b"MThd")
+    # the same seed, the same bytes; and they are the model's own: generate(...).save_midi here
+    again = client.post("/generate", json={"model": "music", **options}).json()
+    assert (again["png"], again["midi"]) == (got["png"], got["midi"])
+    roll = models["music"].generate(48, temperature=1.0, seed=5)
+    assert roll.save_midi(tmp_path / "here.mid").read_bytes() == midi and got["notes"] == roll.note_count()
+    assert got["seconds"] == pytest.approx(roll.seconds, abs=1e-3)
+    # "model" left out: the fields say a piano roll; one file as is with "format"
+    alone = client.post("/generate", json={**options, "format": "midi"})
+    assert alone.headers["content-type"] == "audio/midi" and alone.content == midi
+    assert alone.headers["x-seqkit-model"] == "music" and alone.headers["x-seqkit-seed"] == "5"
+    picture = client.post("/generate", json={"model": "music", **options, "format": "png"})
+    assert picture.headers["content-type"] == "image/png" and picture.content == png
+    # seconds of music, at the model's frame length; no seed: one is drawn and said
+    timed = client.post("/generate", json={"model": "music", "seconds": 3.0, "temperature": 0}).json()
+    assert timed["frames"] == max(1, round(3.0 / roll.frame_seconds)) and isinstance(timed["seed"], int)
+    assert _sample(_metrics(client), "seqkit_generated_frames", "_total", model="music") >= 4 * 48
 
 
 def test_transcribe_raw_body_and_multipart_answer_like_transcribe(client, models, tmp_path):
@@ -404,14 +487,95 @@ BAD = [  # (id, method, path, request options, status, words the error must cont
 ]
 
 
-@pytest.mark.parametrize("method, path, options, status, words", [case[1:] for case in BAD],
-                         ids=[case[0] for case in BAD])
-def test_bad_request_gets_a_clear_json_4xx(client, method, path, options, status, words):
-    response = client.request(method, path, **options)
+BAD_ROLLS = [  # (id, /generate request options, status, words): the piano-roll model
+    ("frames-negative", {"json": {"model": "music", "frames": -1}}, 422, '"frames": -1 is out of range'),
+    ("frames-zero", {"json": {"frames": 0}}, 422, '"frames"'),
+    ("frames-over-max-frames", {"json": {"model": "music", "frames": 129}}, 422, "--max-frames"),
+    ("frames-float", {"json": {"frames": 2.5}}, 422, "expected an integer"),
+    ("seconds-over-max-frames", {"json": {"model": "music", "seconds": 1000}}, 422, "--max-frames"),
+    ("seconds-zero", {"json": {"seconds": 0}}, 422, '"seconds"'),
+    ("frames-and-seconds", {"json": {"frames": 8, "seconds": 2}}, 422, "not both"),
+    ("temperature-nan", {"content": b'{"model": "music", "temperature": NaN}', "headers": JSON}, 400,
+     "NaN is not JSON"),
+    ("temperature-negative", {"json": {"model": "music", "temperature": -0.5}}, 422, '"temperature"'),
+    ("temperature-huge", {"json": {"model": "music", "temperature": 1e9}}, 422, '"temperature"'),
+    ("seed-negative", {"json": {"model": "music", "seed": -1}}, 422, '"seed"'),
+    ("format-unknown", {"json": {"model": "music", "format": "gif"}}, 422, '"format"'),
+    ("prompt-for-music", {"json": {"model": "music", "prompt": "a"}}, 422, "does not generate text"),
+    ("frames-for-lm", {"json": {"model": "lm", "frames": 8}}, 422, "does not generate piano rolls"),
+    ("text-and-roll-fields", {"json": {"prompt": "a", "frames": 8}}, 422, "give the fields of one"),
+    ("no-model-no-kind", {"json": {"seed": 1}}, 422, 'several models can generate (lm, music); name one'),
+]
+
+
+def _refused(response, status: int, words: str) -> None:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
     assert words in error and "\n" not in error and "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("method, path, options, status, words", [case[1:] for case in BAD],
+                         ids=[case[0] for case in BAD])
+def test_bad_request_gets_a_clear_json_4xx(client, method, path, options, status, words):
+    _refused(client.request(method, path, **options), status, words)
+
+
+@needs_music
+@pytest.mark.parametrize("options, status, words", [case[1:] for case in BAD_ROLLS], ids=[c[0] for c in BAD_ROLLS])
+def test_bad_piano_roll_request_gets_a_clear_json_4xx(client, options, status, words):
+    _refused(client.post("/generate", **options), status, words)
+
+
+def test_what_generate_gives_is_found_by_trying_the_model():
+    """A model that streams tokens generates text, even with a generate() of its own (a melody
+    model is a language model); one whose generate(frames, seed=) gives a roll that saves a
+    picture and MIDI draws piano rolls; anything else does not generate."""
+    from torch import nn
+
+    from seqkit.errors import SeqkitError
+    from seqkit.serve import _answers, _generates
+
+    class Roll:
+        frame_seconds = 0.6
+
+        def save_png(self, path):
+            return path
+
+        save_midi = save_png
+
+    class Music(nn.Module):
+        def generate(self, frames=None, *, seed=None):
+            return Roll()
+
+    class Melody(Music):
+        def generate_tokens(self, prompt="", *, max_tokens=100):
+            yield from ()
+
+        def score(self, texts):
+            return []
+
+    class Split(Melody):
+        def generate_tokens(self, prompt="", *, max_tokens=100):
+            raise SeqkitError("a split language model cannot generate")
+
+    class Prompted(nn.Module):
+        def generate(self, prompt: str) -> str:
+            return prompt
+
+    class Arrays(nn.Module):
+        def generate(self, frames=32, **options):
+            return np.zeros((frames, 88))
+
+    assert _generates(Music()) == ("piano-roll", 0.6) and _answers(Music(), "piano-roll") == ("generate",)
+    assert _generates(Melody()) == ("text", None) and _answers(Melody(), "text") == ("generate", "score")
+    assert [_generates(m()) for m in (Split, Prompted, Arrays)] == [(None, None)] * 3
+    if seqkit_music is not None:  # the real melody model takes the text path first
+        from seqkit_music.melody import MelodyModel
+
+        from seqkit.models import LanguageModel
+
+        assert callable(MelodyModel.generate_tokens) and issubclass(MelodyModel, LanguageModel)
 
 
 def test_the_server_survives_the_bad_requests_without_a_traceback(client, server):
@@ -496,7 +660,7 @@ def test_a_busy_port_is_one_line(runs, server):
 def test_help_names_every_limit():
     result = CliRunner().invoke(cli, ["serve", "--help"])
     for flag in ("--max-batch", "--max-wait-ms", "--max-body", "--max-audio-body", "--max-chars", "--max-texts",
-                 "--max-audio-seconds", "--max-tokens", "--rate-limit", "--rate-burst"):
+                 "--max-audio-seconds", "--max-tokens", "--max-frames", "--rate-limit", "--rate-burst"):
         assert flag in result.output
 
 
@@ -506,7 +670,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")
-def test_the_page_tags_transcribes_and_streams_in_chromium(server, client, models, tmp_path):
+def test_the_page_tags_transcribes_streams_and_draws_in_chromium(server, client, models, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
     wav = tmp_path / "try.wav"
     soundfile.write(str(wav), _tone(0.8, 16000, 240), 16000)
@@ -548,6 +712,21 @@ def test_the_page_tags_transcribes_and_streams_in_chromium(server, client, model
             page.wait_for_function("document.querySelector('section[data-model=asr] .transcript')"
                                    ".textContent !== '\\u2026'")
             assert asr.locator(".transcript").text_content() == models["asr"].transcribe(wav)["text"]
+
+            if seqkit_music is not None:  # a piano-roll model: its picture on the page, its MIDI a link
+                music = page.locator('section[data-model="music"]')
+                for field, value in (("frames", "64"), ("temperature", "1"), ("seed", "5")):
+                    music.locator(f"input.{field}").fill(value)
+                music.locator("button.roll-button").click()
+                music.locator(".roll-out[data-done]").wait_for()
+                picture = music.locator("img.roll")
+                src = picture.get_attribute("src")
+                assert src.startswith("data:image/png;base64,") and picture.evaluate("i => i.naturalWidth") > 300
+                want = client.post("/generate", json={"model": "music", "frames": 64, "temperature": 1, "seed": 5,
+                                                      "format": "png"})
+                assert base64.b64decode(src.split(",", 1)[1]) == want.content and want.content.startswith(PNG)
+                href = music.locator("a.midi-link").get_attribute("href")
+                assert base64.b64decode(href.split(",", 1)[1]).startswith(b"MThd")
             assert not errors, errors  # no script errors, nothing the page's CSP blocked
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "serve-page.png"), full_page=True)

@@ -56,6 +56,9 @@ class _Size(click.ParamType):
               help="Longest /transcribe audio.")
 @click.option("--max-tokens", default=1000, show_default=True, type=click.IntRange(min=0),
               help="Most tokens one /generate may ask for.")
+@click.option("--max-frames", default=512, show_default=True, type=click.IntRange(min=1),
+              help="Most frames one /generate of a piano-roll model may ask for (\"frames\", or \"seconds\" "
+                   "of music).")
 @click.option("--rate-limit", default=50.0, show_default=True, type=click.FloatRange(min=0),
               help="Requests/s per client IP, token bucket (0: off; /health and /metrics are not limited).")
 @click.option("--rate-burst", default=0.0, show_default=True, type=click.FloatRange(min=0),
@@ -65,11 +68,12 @@ class _Size(click.ParamType):
 @click.option("--access-log", is_flag=True, help="Log every request on stderr.")
 def serve_cmd(runs: tuple[str, ...], host: str, port: int, device: str, threads: int, max_batch: int,
               max_wait_ms: float, max_queue: int, max_body: int, max_audio_body: int, max_chars: int, max_texts: int,
-              max_audio_seconds: float, max_tokens: int, rate_limit: float, rate_burst: float, log_level: str,
-              access_log: bool) -> None:
-    """Serve the models in RUN folders over HTTP: POST /tag, /transcribe, /generate (streamed),
-    /score and /embed take and give JSON; GET /health, /metrics (Prometheus) and / (a page to
-    try each model).
+              max_audio_seconds: float, max_tokens: int, max_frames: int, rate_limit: float, rate_burst: float,
+              log_level: str, access_log: bool) -> None:
+    """Serve the models in RUN folders over HTTP: POST /tag, /transcribe, /generate (text
+    streamed; for a piano-roll model of the seqkit-music plugin, its picture and MIDI), /score
+    and /embed take and give JSON; GET /health, /metrics (Prometheus) and / (a page to try each
+    model).
 
     Each model is named by its folder (or NAME=RUN), which a request's "model" field picks; it
     may be left out when only one loaded model answers the endpoint. Concurrent /tag, /score and
@@ -88,7 +92,8 @@ def serve_cmd(runs: tuple[str, ...], host: str, port: int, device: str, threads:
         torch.set_num_threads(threads)
     limits = Limits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_body=max_body,
                     max_audio_body=max_audio_body, max_chars=max_chars, max_texts=max_texts,
-                    max_audio_seconds=max_audio_seconds, max_tokens=max_tokens, rate_limit=rate_limit,
+                    max_audio_seconds=max_audio_seconds, max_tokens=max_tokens, max_frames=max_frames,
+                    rate_limit=rate_limit,
                     rate_burst=rate_burst)
     models = load_runs(runs, device=device)
     run_server(models, limits, host=host, port=port, log_level=log_level, access_log=access_log)
