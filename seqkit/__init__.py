@@ -28,8 +28,9 @@ def load(run_dir, *, device: str = "cpu", checkpoint: str = "best", threads: Opt
     ``device``: where the model runs (``cpu``, ``cuda[:N]``, ``mps``, ``auto``); ``checkpoint``:
     ``best`` (the best validation weights; ``last`` when the run has not validated yet) or
     ``last`` (the latest training state). Anything else is one clear error. ``threads``: torch's
-    intra-op threads for inference, set once here for the whole process (None: leave torch's
-    setting); a model never changes it while it runs, so one model can serve many threads.
+    intra-op threads for inference, set once here for the process (None: leave torch's setting;
+    threads pick it up when they first run torch, so load before starting them); a model never
+    changes it while it runs, so one model can serve many threads.
     A run trained with other versions of seqkit or its plugins loads with a warning.
 
     Example::
