@@ -647,8 +647,11 @@ def test_a_signal_outside_the_training_loop_is_a_clean_exit(tmp_path, phase, sig
     script = tmp_path / "run.py"
     script.write_text(_PATCHED_RUN.format(sig=sig, phase=phase, recipe=str(CONLL), out=str(out),
                                           sets=[*SETS, "--set", "train.epochs=2"]), encoding="utf-8")
+    # started with Ctrl-C at its default, as from a terminal: a test run launched in the background
+    # (`cmd &` in a script) would hand the child an ignored SIGINT, which Python then keeps ignoring
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "SEQKIT_LOAD_PLUGINS": "0"})
+                          env={**os.environ, "SEQKIT_LOAD_PLUGINS": "0"},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr and "Aborted" not in proc.stderr
     assert ("error: interrupted" if sig == "SIGINT" else "error: terminated") in proc.stderr
