@@ -312,9 +312,12 @@ class Encoder(nn.Module):
         final = tuple(torch.stack([a, b], 1).flatten(0, 1) for a, b in zip(final_f, final_r))  # (layers*2, N, H)
         return out, final
 
-    def _layers(self, x: Tensor, lens: Optional[list[int]], state: Optional[State],
-                weights: Weights) -> tuple[Tensor, State]:
-        """Layer by layer, each direction over its own lengths (rows sorted by length, or all full)."""
+    def _layers(self, x: Tensor, lens: Optional[list[int] | Tensor], state: Optional[State],
+                weights: Weights, run_direction=None) -> tuple[Tensor, State]:
+        """Layer by layer, each direction over its own lengths (rows sorted by length, or all full).
+
+        ``lens`` may be a tensor (``seqkit export`` keeps lengths symbolic) when the cells are
+        fused; ``run_direction`` (default :func:`_fused_direction`) runs one fused direction."""
         index = _reverse_index(lens, x.size(0), x.device) if self.bidirectional and lens is not None else None
 
         def flip(t: Tensor) -> Tensor:  # each sequence reversed within its own length, padding in place
@@ -329,7 +332,8 @@ class Encoder(nn.Module):
             h0s = [self._initial(key, len(finals) + d, state, x) for d, key in enumerate(keys)]
             ws = [weights.get(key) for key in keys]
             if self.fused:
-                results = [_fused_direction(c, i, lens, h, w) for c, i, h, w in zip(cells, streams, h0s, ws)]
+                run = run_direction or _fused_direction
+                results = [run(c, i, lens, h, w) for c, i, h, w in zip(cells, streams, h0s, ws)]
             else:
                 results = self._generic(layer, cells, streams, lens, h0s, ws)
             finals += [final for _, final in results]
@@ -367,10 +371,10 @@ def _fused_weights(cell: Cell, weight: Optional[Tensor]) -> list[Tensor]:
     return [weight if p is own else p for p in params]
 
 
-def _reverse_index(lens: list[int], length: int, device: torch.device) -> Tensor:
+def _reverse_index(lens: list[int] | Tensor, length: int, device: torch.device) -> Tensor:
     """(L, N) time index that reverses each column within its own length, padding in place."""
     t = torch.arange(length, device=device).unsqueeze(1)  # (L, 1)
-    n = torch.tensor(lens, device=device).unsqueeze(0)  # (1, N)
+    n = torch.as_tensor(lens, device=device).unsqueeze(0)  # (1, N)
     return torch.where(t < n, n - 1 - t, t)
 
 
@@ -399,7 +403,7 @@ def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tens
         return call_kernel(kernel, x, state, params, args)
 
 
-def _fused_direction(cell: Cell, x: Tensor, lens: Optional[list[int]], state: State,
+def _fused_direction(cell: Cell, x: Tensor, lens: Optional[list[int] | Tensor], state: State,
                      weight: Optional[Tensor] = None) -> tuple[Tensor, State]:
     """One direction over the whole padded batch in one fused call, padded steps frozen.
 
@@ -413,6 +417,6 @@ def _fused_direction(cell: Cell, x: Tensor, lens: Optional[list[int]], state: St
     if lens is None:
         out, new = _run_fused(cell.fused, x, h0, _fused_weights(cell, weight), args)
         return out, tuple(s[0] for s in new)
-    lengths = torch.tensor(lens, device=x.device)
+    lengths = torch.as_tensor(lens, device=x.device)
     out, new = frozen_padding(cell.fused, x, lengths, h0, _fused_weights(cell, weight), _run_fused, cell.training)
     return out, tuple(s[0] for s in new)

@@ -88,7 +88,7 @@ def export_encoder(encoder: nn.Module, mode: str) -> nn.Module:
     (N, L, I) and lengths (N,) tensors. ``mode``: see :class:`ExportSpec`."""
     if not encoder.batch_first:
         raise SeqkitError("export needs a batch-first encoder (batch_first=True), as recipes build")
-    return _EagerEncoder(encoder) if mode == "eager" else ExportEncoder(encoder, custom_ops=mode == "ops")
+    return encoder if mode == "eager" else ExportEncoder(encoder, custom_ops=mode == "ops")
 
 
 class ExportGraph(nn.Module):
@@ -109,15 +109,6 @@ def state_inputs(gen: torch.Generator, encoder: nn.Module, n: int) -> dict[str, 
             for k in range(encoder._num_states)}
 
 
-class _EagerEncoder(nn.Module):
-    def __init__(self, encoder: nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, x: Tensor, lengths: Tensor, state: Optional[tuple[Tensor, ...]] = None):
-        return self.encoder(x, lengths, state)
-
-
 class ExportEncoder(nn.Module):
     """A :class:`seqkit.Encoder`'s eval-mode computation with lengths as a tensor.
 
@@ -135,55 +126,24 @@ class ExportEncoder(nn.Module):
                 f"needs each recurrence as one operator (ONNX's LSTM/GRU) to keep the length a real input; "
                 f"train with encoder.cell: lstm or gru to export")
         self.encoder = encoder
-        self.kernel = encoder.cells["l0"].fused
         self.custom_ops = custom_ops
 
-    def _direction(self, cell: nn.Module, x: Tensor, lengths: Tensor, state: tuple[Tensor, ...]):
-        weights = cell.fused_weights()
-        if not self.custom_ops:
-            return ops.frozen_padding(self.kernel, x, lengths, state, weights)
-        if self.kernel == "lstm":
-            out, h, c = torch.ops.seqkit.lstm_layer(x, lengths, state[0], state[1], *weights)
-            return out, (h, c)
-        out, h = torch.ops.seqkit.gru_layer(x, lengths, state[0], *weights)
-        return out, (h,)
+    @staticmethod
+    def _custom_op(cell: nn.Module, x: Tensor, lengths: Tensor, state: tuple[Tensor, ...], weight=None):
+        """One layer-direction as seqkit's custom operator (state (N, H) each, as the encoder's)."""
+        h0 = tuple(s.unsqueeze(0) for s in state)  # (1, N, H)
+        if cell.fused == "lstm":
+            out, h, c = torch.ops.seqkit.lstm_layer(x, lengths, h0[0], h0[1], *cell.fused_weights())
+            return out, (h[0], c[0])
+        out, h = torch.ops.seqkit.gru_layer(x, lengths, h0[0], *cell.fused_weights())
+        return out, (h[0],)
 
     def forward(self, x: Tensor, lengths: Tensor,
                 state: Optional[tuple[Tensor, ...]] = None) -> tuple[Tensor, tuple[Tensor, ...]]:
-        enc = self.encoder
-        x = x.transpose(0, 1)  # (L, N, I)
-        length, n = x.shape[0], x.shape[1]
-        t = torch.arange(length, device=x.device).unsqueeze(1)  # (L, 1)
-        lens = lengths.to(x.device).unsqueeze(0)  # (1, N)
-        index = torch.where(t < lens, lens - 1 - t, t)  # reverses each row within its own length
-
-        def flip(z: Tensor) -> Tensor:
-            return z.gather(0, index.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
-
-        streams = [x, flip(x)] if enc.bidirectional else [x]
-        finals: list[tuple[Tensor, ...]] = []
-        outs: list[Tensor] = []
-        for layer in range(enc.num_layers):
-            outs = []
-            for d, suffix in enumerate(enc._suffixes()):
-                cell = enc.cells[f"l{layer}{suffix}"]
-                if state is None:
-                    h0 = tuple(x.new_zeros(1, n, enc.hidden_size) for _ in range(enc._num_states))
-                else:
-                    h0 = tuple(s[layer: layer + 1] for s in state)
-                out, final = self._direction(cell, streams[d], lengths, h0)
-                outs.append(out)
-                finals.append(final)
-            if enc.directions == "bidirectional":
-                below = torch.cat([outs[0], flip(outs[1])], dim=-1)
-                streams = [below, flip(below)]
-            else:
-                streams = outs
-        if len(outs) == 2:
-            outs[1] = flip(outs[1])
-        out = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
-        stacked = tuple(torch.cat(parts, dim=0) for parts in zip(*finals))  # (layers*D, N, H) each
-        return out.transpose(0, 1), stacked
+        # the encoder's own layer loop, with the lengths kept a tensor (never a Python list)
+        run = self._custom_op if self.custom_ops else None
+        out, final = self.encoder._layers(x.transpose(0, 1), lengths, state, {}, run)
+        return out.transpose(0, 1), final
 
 
 # -- writing an export ----------------------------------------------------------------------------

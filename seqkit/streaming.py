@@ -118,10 +118,12 @@ class TranscriptionStream:
     ``feed(samples)`` takes the next samples (a 1-D float array or tensor at the model's rate,
     ``model.sample_rate``) and returns the transcript so far; ``finish()`` reads the end of the
     signal (the last frames wait for it) and returns the final transcript. ``text`` is the
-    latest transcript. Greedy CTC decoding.
+    latest transcript. Greedy CTC decoding. ``keep_log_probs``: keep each chunk's CTC
+    log-probabilities in ``log_probs`` (for inspection; off, a long stream holds nothing but
+    its transcript).
     """
 
-    def __init__(self, model: "SpeechModel") -> None:
+    def __init__(self, model: "SpeechModel", *, keep_log_probs: bool = False) -> None:
         enc = model.encoder
         if enc.directions != "forward":
             raise SeqkitError(f"stream() needs a forward-only encoder; this model's directions are "
@@ -138,8 +140,8 @@ class TranscriptionStream:
         self._state: Optional[tuple[Tensor, ...]] = None
         self._ids: list[int] = []
         self._last = 0  # the previous frame's best unit (0: blank), across chunks
-        self.frames = 0  # encoder steps so far
-        self.log_probs: list[Tensor] = []  # (K, C) per chunk, for inspection and tests
+        # (K, C) per chunk, kept only when asked (a stream of hours would hold them all)
+        self.log_probs: Optional[list[Tensor]] = [] if keep_log_probs else None
         self.finished = False
         self.text = ""
 
@@ -164,8 +166,8 @@ class TranscriptionStream:
         y = model.frontend.proj(h.permute(1, 0, 2).reshape(1, k, c * f))  # (1, K, E)
         out, self._state = model.encoder(y, None, self._state)
         log_probs = model.head.log_probs(out)[0]  # (K, C)
-        self.log_probs.append(log_probs.cpu())
-        self.frames += k
+        if self.log_probs is not None:
+            self.log_probs.append(log_probs.cpu())
         for unit in log_probs.argmax(-1).tolist():
             if unit != self._last and unit != 0:
                 self._ids.append(unit)

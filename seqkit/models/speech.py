@@ -186,12 +186,12 @@ class SpeechModel(nn.Module):
         return {b: self.head.beam(log_probs, lengths, b) if b > 0 else self.head.greedy(log_probs, lengths)
                 for b in beams}
 
-    def stream(self) -> Any:
+    def stream(self, *, keep_log_probs: bool = False) -> Any:
         """A streaming session (:class:`seqkit.streaming.TranscriptionStream`) for a forward-only
         model: ``feed(samples)`` returns the transcript so far, ``finish()`` the final one."""
         from ..streaming import TranscriptionStream
 
-        return TranscriptionStream(self)
+        return TranscriptionStream(self, keep_log_probs=keep_log_probs)
 
     def export_spec(self) -> Any:
         """What ``seqkit export`` writes: log-mel features (N, L, F) and lengths (N,) in, CTC
