@@ -163,9 +163,9 @@ def load_runs(specs: Sequence[str], *, device: str = "cpu") -> dict[str, Served]
     """Load each ``RUN`` (named by its folder) or ``NAME=RUN``; one clear error for a folder that
     is not a run, a model that answers no endpoint, or two runs of the same name."""
     served: dict[str, Served] = {}
-    # each model's thread sets torch's intra-op threads (--threads) itself: OpenMP keeps the setting per
-    # thread, and a thread that never set it was up to 50x slower (a piano-roll model's 64 frames took
-    # 0.4-0.9 s there against 0.02 s once set, 2 busy cores)
+    # each model's thread sets torch's intra-op threads (--threads) itself: OpenMP keeps the count per thread,
+    # and a thread that ran torch before the count was set keeps its own (in a first version a piano-roll
+    # model's 64 frames took 0.4-0.9 s in the server against 0.02 s once its thread set the count)
     threads = torch.get_num_threads()
     for spec in specs:
         name, sep, path = spec.partition("=")
