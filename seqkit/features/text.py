@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import SeqkitError
 from ..recipe import bounded
+from .lexicon import KINDS, load_lexicon
 
 __all__ = ["TextVocab", "TokenEmbedder", "TokenFeatures", "split_text"]
 
@@ -33,6 +34,8 @@ class TokenFeatures:
     bigram_max_vocab: int = bounded(0, ge=0)  # keep only the most frequent bigrams; 0: no cap
     dropout: float = bounded(0.0, ge=0, lt=1)  # on the embeddings
     lowercase: bool = False
+    lexicon: Optional[str] = None  # jieba, or a word-list file: per-character word/person/place/org B-M-E-S ids
+    lexicon_dim: int = bounded(8, ge=1)  # embedding of each of the lexicon's 4 id columns
 
 PAD, UNK = "[PAD]", "[UNK]"
 BOS, EOS = "<s>", "</s>"  # sentence edges for bigrams
@@ -74,8 +77,10 @@ class TextVocab:
         bigrams: Optional[Tokenizer] = None,
         tokenize: str = "chars",
         lowercase: bool = False,
+        lexicon: Optional[str] = None,
     ) -> None:
         self.tokens = tokens
+        self.lexicon = lexicon  # features.lexicon of the run (see seqkit.features.lexicon)
         self.bigrams = bigrams
         self.labels = labels
         self.label_index = {t: i for i, t in enumerate(labels)}
@@ -100,7 +105,10 @@ class TextVocab:
                 config.bigram_max_vocab,
             )
         tags = sorted({t for _, tags in sentences for t in tags} - {"O"})
-        return cls(tokens, ["O", *tags], bigrams=bigrams, tokenize=tokenize, lowercase=config.lowercase)
+        if config.lexicon:
+            load_lexicon(config.lexicon)  # a missing word list is an error now, not after training
+        return cls(tokens, ["O", *tags], bigrams=bigrams, tokenize=tokenize, lowercase=config.lowercase,
+                   lexicon=config.lexicon)
 
     def encode(self, batch: Sequence[Sequence[str]]) -> tuple[list[list[int]], Optional[list[list[int]]]]:
         """Token ids (and bigram ids) for pre-tokenised sentences."""
@@ -113,6 +121,14 @@ class TextVocab:
             big = [e.ids for e in self.bigrams.encode_batch(big_in, is_pretokenized=True)] if big_in else []
         # an empty sentence encodes to [] (tokenizers returns no ids for it)
         return ids, big
+
+    def lexicon_ids(self, batch: Sequence[Sequence[str]]) -> Optional[list[list[list[int]]]]:
+        """(L, 4) word-list ids of each sentence (see :mod:`seqkit.features.lexicon`), or None
+        when the run has no lexicon."""
+        if not self.lexicon:
+            return None
+        lexicon, norm = load_lexicon(self.lexicon), _normaliser(self.lowercase)
+        return [lexicon.features([norm(t) for t in words]) for words in batch]
 
     def encode_tags(self, tags: Sequence[str], where: str = "") -> list[int]:
         try:
@@ -127,7 +143,8 @@ class TextVocab:
         self.tokens.save(str(folder / "tokens.json"))
         if self.bigrams is not None:
             self.bigrams.save(str(folder / "bigrams.json"))
-        meta = {"labels": self.labels, "tokenize": self.tokenize, "lowercase": self.lowercase}
+        meta = {"labels": self.labels, "tokenize": self.tokenize, "lowercase": self.lowercase,
+                **({"lexicon": self.lexicon} if self.lexicon else {})}
         (folder / "vocab.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
 
     @classmethod
@@ -140,6 +157,7 @@ class TextVocab:
             bigrams=Tokenizer.from_file(str(bigram_path)) if bigram_path.exists() else None,
             tokenize=meta["tokenize"],
             lowercase=meta["lowercase"],
+            lexicon=meta.get("lexicon"),
         )
 
 
@@ -151,10 +169,11 @@ def _normaliser(lowercase: bool):
 
 
 class TokenEmbedder(nn.Module):
-    """Token embeddings, concatenated with bigram embeddings when the vocabulary has them.
+    """Token embeddings, concatenated with bigram embeddings and word-list id embeddings when the
+    vocabulary has them.
 
-    Inputs: ``tokens`` (N, L) ids and ``bigrams`` (N, L) ids or None.
-    Outputs: (N, L, E) with E = ``embedding_dim + bigram_dim``.
+    Inputs: ``tokens`` (N, L) ids, ``bigrams`` (N, L) ids or None, ``lexicon`` (N, L, 4) ids or None.
+    Outputs: (N, L, E) with E = ``embedding_dim + bigram_dim + 4 * lexicon_dim``.
     """
 
     def __init__(self, vocab: TextVocab, config: TokenFeatures) -> None:
@@ -164,11 +183,19 @@ class TokenEmbedder(nn.Module):
         if vocab.bigrams is not None:
             size = vocab.bigrams.get_vocab_size()
             self.bigrams = nn.Embedding(size, config.bigram_dim, padding_idx=PAD_ID)
+        self.lexicon = None
+        if vocab.lexicon:
+            self.lexicon = nn.ModuleList(nn.Embedding(16, config.lexicon_dim) for _ in KINDS)
         self.dropout = nn.Dropout(config.dropout)
-        self.output_size = config.embedding_dim + (config.bigram_dim if self.bigrams is not None else 0)
+        self.output_size = (config.embedding_dim + (config.bigram_dim if self.bigrams is not None else 0)
+                            + (len(KINDS) * config.lexicon_dim if self.lexicon is not None else 0))
 
-    def forward(self, tokens: Tensor, bigrams: Optional[Tensor] = None) -> Tensor:
-        x = self.tokens(tokens)
+    def forward(self, tokens: Tensor, bigrams: Optional[Tensor] = None, lexicon: Optional[Tensor] = None) -> Tensor:
+        parts = [self.tokens(tokens)]
         if self.bigrams is not None and bigrams is not None:
-            x = torch.cat([x, self.bigrams(bigrams)], dim=-1)  # (N, L, E)
-        return self.dropout(x)
+            parts.append(self.bigrams(bigrams))
+        if self.lexicon is not None:
+            if lexicon is None:
+                raise SeqkitError("this model reads word-list features (features.lexicon); pass them")
+            parts += [embed(lexicon[..., k]) for k, embed in enumerate(self.lexicon)]
+        return self.dropout(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])  # (N, L, E)

@@ -47,10 +47,12 @@ class TagBatch:
     lengths: Tensor  # (N,)
     tags: Optional[Tensor]  # (N, L) tag ids, IGNORE at padding
     index: list[int]  # position of each row in the caller's list
+    lexicon: Optional[Tensor] = None  # (N, L, 4) word-list ids (features.lexicon)
 
     def to(self, device: torch.device) -> "TagBatch":
         move = (lambda t: None if t is None else t.to(device, non_blocking=True))
-        return TagBatch(move(self.tokens), move(self.bigrams), self.lengths, move(self.tags), self.index)
+        return TagBatch(move(self.tokens), move(self.bigrams), self.lengths, move(self.tags), self.index,
+                        move(self.lexicon))
 
     @property
     def num_items(self) -> int:
@@ -67,13 +69,18 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
 
 
 def collate(ids: Sequence[list[int]], bigrams: Optional[Sequence[list[int]]],
-            tags: Optional[Sequence[list[int]]], index: list[int]) -> TagBatch:
+            tags: Optional[Sequence[list[int]]], index: list[int],
+            lexicon: Optional[Sequence[list[list[int]]]] = None) -> TagBatch:
+    lex = None
+    if lexicon is not None:
+        lex = pad_sequence([torch.tensor(r, dtype=torch.long).view(len(r), -1) for r in lexicon], batch_first=True)
     return TagBatch(
         _pad(ids, PAD_ID),
         None if bigrams is None else _pad(bigrams, PAD_ID),
         torch.tensor([len(r) for r in ids], dtype=torch.long),
         None if tags is None else _pad(tags, IGNORE),
         index,
+        lex,
     )
 
 
@@ -83,6 +90,7 @@ def make_batches(
     tags: Optional[Sequence[list[int]]],
     batch_size: int,
     *,
+    lexicon: Optional[Sequence[list[list[int]]]] = None,
     seed: Optional[int] = None,
     shortest_first: bool = False,
 ) -> list[TagBatch]:
@@ -90,7 +98,7 @@ def make_batches(
     set, unless ``shortest_first`` (SortaGrad)."""
     groups = length_groups([len(r) for r in ids], batch_size, seed, shortest_first=shortest_first)
     pick = lambda seq, g: None if seq is None else [seq[i] for i in g]  # noqa: E731
-    return [collate(pick(ids, g), pick(bigrams, g), pick(tags, g), g) for g in groups]
+    return [collate(pick(ids, g), pick(bigrams, g), pick(tags, g), g, pick(lexicon, g)) for g in groups]
 
 
 def normalise_tags(tags: Sequence[str], scheme: str, source: Optional[str] = None) -> list[str]:
@@ -135,7 +143,7 @@ class TaggingModel(nn.Module):
                              dropout=recipe.head.dropout)
 
     def features(self, batch: TagBatch) -> Tensor:
-        x = self.embed(batch.tokens, batch.bigrams)  # (N, L, E)
+        x = self.embed(batch.tokens, batch.bigrams, batch.lexicon)  # (N, L, E)
         out, _ = self.encoder(x, batch.lengths)  # (N, L, D*H)
         return out
 
@@ -157,6 +165,9 @@ class TaggingModel(nn.Module):
         from ..export import ExportGraph, ExportSpec, random_lengths
 
         vocab = self.vocab
+        if self.embed.lexicon is not None:
+            raise SeqkitError(f"export: this tagger reads word-list features (features.lexicon: {vocab.lexicon}), "
+                              "which the exported runtime does not compute yet; export a tagger without them")
         columns = 2 if self.embed.bigrams is not None else 1
 
         class Graph(ExportGraph):
@@ -206,9 +217,10 @@ class TaggingModel(nn.Module):
         return span_scores(gold, pred, self.scheme)
 
     def encode_corpus(self, sentences: Sequence[tuple[list[str], list[str]]], where: str = ""):
+        """Token ids, bigram ids (or None), tag ids and word-list ids (or None) of sentences."""
         ids, big = self.vocab.encode([words for words, _ in sentences])
         tags = [self.vocab.encode_tags(t, where) for _, t in sentences]
-        return ids, big, tags
+        return ids, big, tags, self.vocab.lexicon_ids([words for words, _ in sentences])
 
     @torch.inference_mode()
     def tag(self, texts: Union[str, Sequence[Union[str, Sequence[str]]]], *,
@@ -235,7 +247,8 @@ class TaggingModel(nn.Module):
         tags: list[list[str]] = [[] for _ in texts]
         live = [i for i, toks in enumerate(token_lists) if toks]  # empty input: nothing to run
         ids, big = self.vocab.encode([token_lists[i] for i in live])
-        for batch in make_batches(ids, big, None, batch_size):
+        lex = self.vocab.lexicon_ids([token_lists[i] for i in live])
+        for batch in make_batches(ids, big, None, batch_size, lexicon=lex):
             for row, path in zip(batch.index, self.predict(batch.to(device))):
                 tags[live[row]] = path
         results = []
@@ -270,7 +283,8 @@ class TaggingModel(nn.Module):
         results = [{"tokens": toks, "vectors": torch.zeros(0, width)} for toks in token_lists]
         live = [i for i, toks in enumerate(token_lists) if toks]
         ids, big = self.vocab.encode([token_lists[i] for i in live])
-        for batch in make_batches(ids, big, None, batch_size):
+        lex = self.vocab.lexicon_ids([token_lists[i] for i in live])
+        for batch in make_batches(ids, big, None, batch_size, lexicon=lex):
             out = self.features(batch.to(device))  # (N, L, D*H)
             for row, (k, n) in enumerate(zip(batch.index, batch.lengths.tolist())):
                 results[live[k]]["vectors"] = out[row, :n].float().cpu()
@@ -342,16 +356,19 @@ def _prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     seed_everything(recipe.train.seed)
     model = TaggingModel(recipe, vocab, head_class(recipe), scheme)
     cfg = recipe.train
-    ids, big, tags = model.encode_corpus(fixed, f"{splits['train'].path}: ")
+    ids, big, tags, lex = model.encode_corpus(fixed, f"{splits['train'].path}: ")
     held = {}
     for name in ("valid", "test"):
         corpus = splits[name]
         sentences = in_scheme(corpus.sentences, scheme)
-        held[name] = (make_batches(*model.encode_corpus(sentences, f"{corpus.path}: "),
-                                   cfg.eval_batch_size) if sentences else None)
+        if sentences:
+            h_ids, h_big, h_tags, h_lex = model.encode_corpus(sentences, f"{corpus.path}: ")
+            held[name] = make_batches(h_ids, h_big, h_tags, cfg.eval_batch_size, lexicon=h_lex)
+        else:
+            held[name] = None
     return Prepared(
         model,
-        lambda epoch: make_batches(ids, big, tags, cfg.batch_size, **epoch_order(cfg, epoch)),
+        lambda epoch: make_batches(ids, big, tags, cfg.batch_size, lexicon=lex, **epoch_order(cfg, epoch)),
         held["valid"],
         held["test"],
     )
