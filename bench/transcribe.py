@@ -1,6 +1,8 @@
 """Transcription speed: real-time factor of a trained CTC model on CPU.
 
     python bench/transcribe.py runs/asr                    # 1 thread, batch 1, greedy: the README's RTF
+    python bench/transcribe.py runs/asr --beam 64            # with the run's decoder LM (decoder.json), if any
+    python bench/transcribe.py runs/asr --beam 64 --no-lm    # the lexicon beam search alone
     python bench/transcribe.py runs/asr --beam 16 --threads 2
     python bench/transcribe.py runs/asr --data my_manifest.jsonl --json out.json
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--limit", type=int, default=100, help="utterances to time (default 100)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--beam", type=int, default=0, help="beam width (default 0: greedy)")
+    parser.add_argument("--no-lm", action="store_true", help="beam search without the run's decoder LM")
     parser.add_argument("--warmup", type=int, default=3, help="untimed utterances first")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
@@ -41,24 +44,27 @@ def main(argv: list[str] | None = None) -> dict:
     corpus = read_manifest(args.data) if args.data else load_splits(asr.recipe)["test"]
     utts = corpus.utterances[: args.limit]
     waves = [read_audio(u.audio, asr.sample_rate) for u in utts]
+    use_lm = False if args.no_lm else None
+    lm = asr.decoder_lm.describe() if args.beam and asr.decoder_lm is not None and not args.no_lm else None
     for wave in waves[: args.warmup]:
-        asr.transcribe(wave, sample_rate=asr.sample_rate, beam=args.beam)
+        asr.transcribe(wave, sample_rate=asr.sample_rate, beam=args.beam, lm=use_lm)
     times, seconds = [], []
     for wave in waves:
         started = time.perf_counter()
-        asr.transcribe(wave, sample_rate=asr.sample_rate, beam=args.beam)
+        asr.transcribe(wave, sample_rate=asr.sample_rate, beam=args.beam, lm=use_lm)
         times.append(time.perf_counter() - started)
         seconds.append(wave.numel() / asr.sample_rate)
     result = {
         "run": str(args.run), "data": corpus.path, "utterances": len(waves), "audio_s": round(sum(seconds), 1),
-        "threads": torch.get_num_threads(), "batch": 1, "beam": args.beam,
+        "threads": torch.get_num_threads(), "batch": 1, "beam": args.beam, "lm": lm,
         "rtf": round(sum(times) / sum(seconds), 4),
         "rtf_median": round(statistics.median(t / s for t, s in zip(times, seconds, strict=True)), 4),
         "ms_per_utterance_median": round(1000 * statistics.median(times), 1),
         "torch": torch.__version__,
     }
     print(f"{result['utterances']} utterances, {result['audio_s']} s of audio, {result['threads']} thread(s), "
-          f"batch 1, {'beam ' + str(args.beam) if args.beam else 'greedy'}: real-time factor {result['rtf']} "
+          f"batch 1, {'beam ' + str(args.beam) if args.beam else 'greedy'}{' + ' + lm if lm else ''}: "
+          f"real-time factor {result['rtf']} "
           f"(median per utterance {result['rtf_median']}, {result['ms_per_utterance_median']} ms)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from .data.lm import cache_root
 from .errors import SeqkitError
 
-__all__ = ["escape_token", "find_lmplz", "kn_baseline", "require_kenlm"]
+__all__ = ["escape_token", "estimate", "find_lmplz", "kn_baseline", "require_kenlm"]
 
 _BUILD_HINT = "build it with `bash tools/build_kenlm.sh` (or set SEQKIT_KENLM_BIN to a folder holding lmplz)"
 _RESERVED = frozenset({"<s>", "</s>", "<unk>"})
@@ -150,6 +150,41 @@ def _has_kenlm_module() -> bool:
     return True
 
 
+def estimate(train: Iterable[Sequence[str]], *, order: int, workdir: Path, memory: str = "1G",
+             prune: Optional[Sequence[int]] = None, log: Optional[Log] = None) -> Path:
+    """Estimate a modified Kneser-Ney ``order``-gram model of ``train`` (sentences as lists of
+    words) with KenLM's lmplz and store it as KenLM's binary ``workdir/kn{order}.bin`` (returned);
+    the escaped text and the programs' logs stay in ``workdir``. See :func:`kn_baseline`."""
+    say = log or (lambda message: None)
+    bin_dir = require_kenlm()
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_txt, arpa, model = workdir / "train.txt", workdir / f"kn{order}.arpa", workdir / f"kn{order}.bin"
+
+    vocab: set[str] = set()
+    n_sentences, n_words = _write(train, train_txt, vocab)
+    if n_words == 0:
+        raise SeqkitError("kenlm: the training sentences contain no tokens")
+    say(f"kenlm: estimating a {order}-gram modified Kneser-Ney model on {n_sentences:,} sentences, "
+        f"{n_words:,} words, {len(vocab):,} types")
+    argv = [str(bin_dir / "lmplz"), "-o", str(order), "-S", memory, "-T", f"{workdir}{os.sep}",
+            "--vocab_estimate", str(len(vocab) + 3), "--text", str(train_txt), "--arpa", str(arpa),
+            "--discount_fallback"]
+    if prune:
+        argv += ["--prune", *map(str, prune)]
+    started = time.perf_counter()
+    _run(argv, workdir / "lmplz.log", "KenLM lmplz", stdout=subprocess.DEVNULL)
+    say(f"kenlm: lmplz took {time.perf_counter() - started:.1f} s")
+    for line in (workdir / "lmplz.log").read_text(errors="replace").splitlines():
+        fallback = re.match(r"Substituting fallback discounts for order (\d+): (.*)", line)
+        if fallback:  # lmplz numbers orders from 0
+            say(f"kenlm: too little data for closed-form Kneser-Ney discounts of {int(fallback[1]) + 1}-grams; "
+                f"using the fallback {fallback[2]}")
+    _run([str(bin_dir / "build_binary"), str(arpa), str(model)], workdir / "build_binary.log",
+         "KenLM build_binary", stdout=subprocess.DEVNULL)
+    arpa.unlink()  # the binary holds the same model; the ARPA text is ~2x its size
+    return model
+
+
 def kn_baseline(train: Iterable[Sequence[str]], tests: dict[str, Iterable[Sequence[str]]], *, order: int = 5,
                 workdir: Path, memory: str = "1G", prune: Optional[Sequence[int]] = None,
                 log: Optional[Log] = None) -> dict[str, dict[str, float]]:
@@ -183,33 +218,9 @@ def kn_baseline(train: Iterable[Sequence[str]], tests: dict[str, Iterable[Sequen
     does, ``log`` says for which orders.
     """
     say = log or (lambda message: None)
-    bin_dir = require_kenlm()
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    train_txt, arpa, model = workdir / "train.txt", workdir / f"kn{order}.arpa", workdir / f"kn{order}.bin"
-
-    vocab: set[str] = set()
-    n_sentences, n_words = _write(train, train_txt, vocab)
-    if n_words == 0:
-        raise SeqkitError("kn_baseline: the training sentences contain no tokens")
-    say(f"kenlm: estimating a {order}-gram modified Kneser-Ney model on {n_sentences:,} sentences, "
-        f"{n_words:,} words, {len(vocab):,} types")
-    argv = [str(bin_dir / "lmplz"), "-o", str(order), "-S", memory, "-T", f"{workdir}{os.sep}",
-            "--vocab_estimate", str(len(vocab) + 3), "--text", str(train_txt), "--arpa", str(arpa),
-            "--discount_fallback"]
-    if prune:
-        argv += ["--prune", *map(str, prune)]
-    started = time.perf_counter()
-    _run(argv, workdir / "lmplz.log", "KenLM lmplz", stdout=subprocess.DEVNULL)
-    say(f"kenlm: lmplz took {time.perf_counter() - started:.1f} s")
-    for line in (workdir / "lmplz.log").read_text(errors="replace").splitlines():
-        fallback = re.match(r"Substituting fallback discounts for order (\d+): (.*)", line)
-        if fallback:  # lmplz numbers orders from 0
-            say(f"kenlm: too little data for closed-form Kneser-Ney discounts of {int(fallback[1]) + 1}-grams; "
-                f"using the fallback {fallback[2]}")
-    _run([str(bin_dir / "build_binary"), str(arpa), str(model)], workdir / "build_binary.log",
-         "KenLM build_binary", stdout=subprocess.DEVNULL)
-    arpa.unlink()  # the binary holds the same model; the ARPA text is ~2x its size
+    model = estimate(train, order=order, workdir=workdir, memory=memory, prune=prune, log=say)
+    bin_dir = require_kenlm()
 
     use_module = _has_kenlm_module()
     query = bin_dir / "query"

@@ -14,7 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqkit.errors import DataError, RecipeError
-from seqkit.features.audio import VTLP, Fbank, Normalizer, SpecAugment, as_waveform, read_audio, trim_silence
+from seqkit.features.audio import (
+    VTLP,
+    Fbank,
+    Normalizer,
+    SpecAugment,
+    WaveAugment,
+    as_waveform,
+    colored_noise,
+    read_audio,
+    trim_silence,
+)
 from seqkit.features.frontend import ConvSubsampler
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
@@ -236,3 +246,39 @@ def test_conv_frontend_refuses_impossible_subsampling():
         ConvSubsampler(80, 64, subsampling=3)
     with pytest.raises(RecipeError, match="features.subsampling"):
         ConvSubsampler(80, 64, subsampling=8, num_layers=2)
+
+
+def test_wave_augment_is_fixed_per_utterance_and_does_what_it_says():
+    tone = 0.3 * torch.sin(2 * math.pi * 440 * torch.arange(16000) / 16000)
+    # speed only: three lengths (0.9x, 1x, 1.1x as fast), the pitch moved with the tempo
+    speeds = WaveAugment(speed=0.1, seed=5)
+    lengths = {speeds(tone, i).numel() for i in range(40)}
+    assert lengths == {round(16000 / 0.9), 16000, round(16000 / 1.1)}
+    assert torch.equal(speeds(tone, 7), speeds(tone, 7))  # the same utterance, the same change
+    fast = next(speeds(tone, i) for i in range(40) if speeds(tone, i).numel() < 15000)
+    peak = torch.fft.rfft(fast).abs().argmax().item() * 16000 / fast.numel()
+    assert abs(peak - 440 * 1.1) < 5
+    # noise only: every utterance, at 10-30 dB below the signal
+    noisy = WaveAugment(noise=1.0, snr=10.0, seed=1)
+    for i in range(10):
+        out = noisy(tone, i)
+        snr = 10 * math.log10(tone.pow(2).mean() / (out - tone).pow(2).mean())
+        assert 9.9 < snr < 30.1
+    assert torch.equal(WaveAugment(noise=0.0, gain_db=0.0)(tone, 3), tone)
+    assert WaveAugment.from_config(_fbank_options(), seed=0) is None
+
+
+def _fbank_options():
+    from seqkit.features.audio import FbankFeatures
+
+    return FbankFeatures()
+
+
+@pytest.mark.parametrize("exponent", [0, 1, 2])
+def test_colored_noise_has_unit_power_and_its_slope(exponent):
+    noise = colored_noise(32000, exponent, torch.Generator().manual_seed(0))
+    assert abs(noise.pow(2).mean().item() - 1.0) < 1e-4
+    power = torch.fft.rfft(noise).abs().pow(2)
+    low, high = power[100:200].mean().item(), power[10000:11000].mean().item()
+    slope = math.log10(low / high) / math.log10(10500 / 150)  # ~ exponent
+    assert abs(slope - exponent) < 0.3

@@ -23,6 +23,7 @@ from seqkit.errors import DataError
 from seqkit.features.audio import read_audio
 from seqkit.heads.ctc import error_rates
 from seqkit.models.speech import TranscriptionTask, make_batches
+from seqkit.ngram import find_lmplz
 from seqkit.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +41,8 @@ def run(tmp_path_factory):
     overrides = ["device=cpu", "train.max_steps=2", "train.threads=1", "train.batch_size=3",
                  "data.limit=3", f"data.cache_dir={tmp / 'cache'}",
                  f"data.librivox={'true' if LIBRIVOX.is_dir() else 'false'}"]
+    if find_lmplz() is None:
+        overrides.append("head.lm=null")  # the decoder LM needs KenLM (bash tools/build_kenlm.sh)
     args = ["recipe", "run", str(RECIPE), "--out", str(tmp / "run"), "--no-progress"]
     for item in overrides:
         args += ["--set", item]
@@ -59,6 +62,35 @@ def test_recipe_smoke_run_writes_all_metrics(run):
         assert metrics["librivox"]["utterances"] == 5
     units = json.loads((run / "vocab" / "units.json").read_text())
     assert units["kind"] == "chars" and units["tokens"][:2] == ["<blank>", "|"]
+
+
+@pytest.mark.skipif(find_lmplz() is None, reason="KenLM's lmplz is not built (bash tools/build_kenlm.sh)")
+def test_the_recipe_builds_a_decoder_lm_without_any_held_out_sentence_and_tunes_it(run, tmp_path):
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {"cer_lm", "wer_lm"} <= set(metrics) and {"cer_lm", "wer_lm"} <= set(metrics["flite"])
+    decoder = json.loads((run / "decoder.json").read_text())
+    assert decoder["lm"]["path"] == "lm/kn4.bin" and decoder["tuned_on"] == "valid"
+    assert len(decoder["grid"]) == 30 and decoder["lm_text"]["held_out_sentences_in_lm_text"] == 0
+    assert (decoder["lm"]["lm_weight"], decoder["lm"]["word_score"]) in {(r["lm_weight"], r["word_score"])
+                                                                         for r in decoder["grid"]}
+    held_out = set()
+    for split in ("valid", "test", "flite"):
+        manifest = next((run.parent / "cache" / "synth-speech").glob(f"{split}-*/manifest.jsonl"))
+        held_out |= {json.loads(line)["text"] for line in manifest.read_text().splitlines()}
+    lines = (run / "lm" / "text.txt").read_text().splitlines()
+    assert len(lines) > 70000 and not held_out & set(lines)
+    assert decoder["lm_text"]["removed_lines"] >= len(held_out)  # each was in the KJV text at least once
+    asr = seqkit.load(run)
+    assert asr.decoder_lm is not None and asr.decoding(4) == ("lm", 4) and asr.decoding(4, lm=False) == 4
+    # tune-decoder: another grid, kept in the (copied) run; the CLI prints the grid
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    result = CliRunner().invoke(cli, ["tune-decoder", str(copy), "--lm", str(copy / "lm" / "kn4.bin"),
+                                      "--weights", "0,2", "--word-scores", "1", "--beam", "4"])
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((copy / "decoder.json").read_text())
+    assert [(r["lm_weight"], r["word_score"]) for r in tuned["grid"]] == [(0.0, 1.0), (2.0, 1.0)]
+    assert tuned["beam_size"] == 4 and tuned["lm"]["path"] == "lm/kn4.bin" and "kept in" in result.output
 
 
 def test_train_lexicon_is_the_training_words_and_the_loaded_model_uses_it(run):
@@ -140,7 +172,10 @@ def test_one_pass_for_several_beams_gives_what_each_beam_gives_alone(run, tmp_pa
     texts = {beam: [both[0]["texts"][beam], both[2]["texts"][beam]] for beam in (0, 4)}
     assert texts[0] != texts[4], texts  # the talkative model spells differently under the lexicon
     for beam in (0, 4):
-        assert texts[beam] == [r["text"] for r in asr.transcribe([good, stereo], beam=beam)]
+        assert texts[beam] == [r["text"] for r in asr.transcribe([good, stereo], beam=beam, lm=False)]
+    if asr.decoder_lm is not None:  # the recipe's decoder LM: transcribe(beam=N) searches with it
+        with_lm = asr.transcribe_beams([good, stereo], [("lm", 4)])
+        assert [r["texts"][("lm", 4)] for r in with_lm] == [r["text"] for r in asr.transcribe([good, stereo], beam=4)]
     # batch scoring: one pass for both widths, the same as each width alone and as scoring those texts
     refs = ["let there be light"] * 2
     feats = [asr.fbank(read_audio(p, asr.sample_rate)) for p in (good, stereo)]

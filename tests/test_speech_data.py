@@ -183,3 +183,36 @@ def test_test_split_alone_renders_only_its_own_audio(tmp_path):
     assert all(np.array_equal(soundfile.read(str(x.audio))[0], soundfile.read(str(y.audio))[0])
                for x, y in zip(a, b, strict=True))
     assert set(load_splits(recipe)) == {"train", "valid", "test"}  # everything, when asked for all
+
+
+def test_train_flite_reads_a_share_of_train_with_voices_the_flite_split_never_uses():
+    sentences = [("src", f"sentence number {i}") for i in range(400)]
+    train = speech._plan("train", sentences, 400, seed=0, train_flite=0.25)
+    flite = [row for row in train if row["engine"] == "flite"]
+    assert 70 <= len(flite) <= 130 and {row["voice"] for row in flite} == set(speech._FLITE_TRAIN)
+    held = speech._plan("flite", sentences, 100, seed=0, train_flite=0.25)
+    assert {row["voice"] for row in held} == set(speech._FLITE_HELD)
+    assert not set(speech._FLITE_TRAIN) & set(speech._FLITE_HELD)
+    # without train_flite, the plans (and so the cached audio) are what they always were
+    assert all(row["engine"] == "espeak-ng" for row in speech._plan("train", sentences, 400, seed=0))
+    assert {row["voice"] for row in speech._plan("flite", sentences, 100, seed=0)} == set(speech._FLITE_VOICES)
+
+
+def test_train_flite_changes_the_cache_folders_of_train_and_flite_only(tmp_path):
+    plain, mixed = _recipe(tmp_path), _recipe(tmp_path, train_flite=0.2)
+    a, b = speech._split_dirs(plain.data), speech._split_dirs(mixed.data)
+    assert a["valid"] == b["valid"] and a["test"] == b["test"]
+    assert a["train"] != b["train"]
+
+
+def test_lm_text_is_every_piece_of_the_text_cut_like_the_utterances(monkeypatch):
+    monkeypatch.setattr(speech, "_kjv", lambda: [("Gen 1:1", "In the beginning God created the heaven and the "
+                                                   "earth. And the earth was without form, and void; and darkness."),
+                                                  ("Gen 1:2", "Selah.")])
+    lines = speech.lm_text(speech.SynthConfig(max_words=16))
+    assert lines == ["in the beginning god created the heaven and the earth",
+                     "and the earth was without form and void", "and darkness", "selah"]
+    # the utterances' sentences are among the LM's lines (so a held-out one can be removed exactly)
+    cut = speech.chunks("In the beginning God created the heaven and the earth. And the earth was without "
+                        "form, and void; and darkness.", 3, 16)
+    assert {speech.normalize_transcript(c) for c in cut} <= set(lines)

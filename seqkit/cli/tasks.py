@@ -17,7 +17,7 @@ from ..errors import SeqkitError
 from ..fsio import write_text_atomic
 from ..tasks import not_a
 
-__all__ = ["generate_cmd", "tag_cmd", "transcribe_cmd"]
+__all__ = ["generate_cmd", "tag_cmd", "transcribe_cmd", "tune_decoder_cmd"]
 
 
 @click.command("tag")
@@ -62,6 +62,9 @@ class _SomeFailed(SeqkitError):
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--beam", default=0, show_default=True, type=click.IntRange(min=0),
               help="Beam width of the CTC beam search (0: greedy).")
+@click.option("--lm/--no-lm", "use_lm", default=None,
+              help="With --beam: search with the run's decoder language model (decoder.json; the default when "
+                   "the run has one) or without it.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
               help="Files per forward pass.")
@@ -72,7 +75,7 @@ class _SomeFailed(SeqkitError):
                    "changes; needs a forward-only model (recipes/ctc/synth-speech-streaming.yaml).")
 @click.option("--chunk-ms", default=100, show_default=True, type=click.IntRange(min=1),
               help="With --stream: milliseconds of audio read per step.")
-def transcribe_cmd(run: Path, files: tuple[Path, ...], beam: int, as_json: bool, batch_size: int,
+def transcribe_cmd(run: Path, files: tuple[Path, ...], beam: int, use_lm, as_json: bool, batch_size: int,
                    device: str, stream: bool, chunk_ms: int) -> None:
     """Transcribe audio FILES (WAV/FLAC/OGG, any sample rate) with the model in RUN.
 
@@ -95,7 +98,7 @@ def transcribe_cmd(run: Path, files: tuple[Path, ...], beam: int, as_json: bool,
     if not hasattr(model, "transcribe"):
         raise not_a(model, "transcribe speech", run)
     started = time.perf_counter()
-    results = model.transcribe([str(f) for f in files], beam=beam, batch_size=batch_size, errors="skip")
+    results = model.transcribe([str(f) for f in files], beam=beam, lm=use_lm, batch_size=batch_size, errors="skip")
     wall = time.perf_counter() - started
     failed = 0
     for result in results:
@@ -116,6 +119,49 @@ def transcribe_cmd(run: Path, files: tuple[Path, ...], beam: int, as_json: bool,
           + (f"; {failed} could not be read" if failed else ""), file=sys.stderr)
     if failed:
         raise _SomeFailed(f"{failed} of {len(results)} file(s) could not be transcribed (see above)")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {text!r}") from None
+
+
+@click.command("tune-decoder")
+@click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--lm", "lm_spec", required=True,
+              help="kenlm (a word n-gram of the recipe's dataset text, every valid/test/extra sentence removed, "
+                   "built into RUN/lm), a KenLM file (.arpa/.bin), or a seqkit language-model run folder "
+                   "(word units).")
+@click.option("--order", default=4, show_default=True, type=click.IntRange(2, 6), help="n-gram order of --lm kenlm.")
+@click.option("--beam", default=0, type=click.IntRange(min=0),
+              help="Beam width [default: the recipe's head.beam_size].")
+@click.option("--weights", default="0.25,0.5,1,1.5,2,3", show_default=True, help="lm_weight values to try.")
+@click.option("--word-scores", default="-2,-1,0,1,2", show_default=True, help="word_score values to try.")
+@click.option("--rescore", is_flag=True, help="LSTM LM: rescore the n-best list of a search without LM.")
+@click.option("--nbest", default=16, show_default=True, type=click.IntRange(min=1), help="With --rescore.")
+def tune_decoder_cmd(run: Path, lm_spec: str, order: int, beam: int, weights: str, word_scores: str,
+                     rescore: bool, nbest: int) -> None:
+    """Grid-search the language-model weight and word score of RUN's CTC beam search on its
+    validation split, and keep the best in RUN/decoder.json (then `seqkit transcribe --beam` and
+    `seqkit evaluate` use the language model)."""
+    from .. import load
+    from ..models.speech import tune_decoder
+
+    model = load(run)
+    if not hasattr(model, "transcribe"):
+        raise not_a(model, "transcribe speech", run)
+    rows = tune_decoder(model, run, lm_spec, order=order, beam=beam, weights=_floats(weights),
+                        word_scores=_floats(word_scores), rescore=rescore, nbest=nbest,
+                        log=lambda m: click.echo(m, err=True))
+    best = model.decoder_lm
+    click.echo(f"{'lm_weight':>9} {'word_score':>10} {'CER':>7} {'WER':>7} {'s':>6}")
+    for row in rows:
+        mark = " *" if (row["lm_weight"], row["word_score"]) == (best.weight, best.word_score) else ""
+        click.echo(f"{row['lm_weight']:>9g} {row['word_score']:>10g} {row['cer']:>7.2f} {row['wer']:>7.2f} "
+                   f"{row['seconds']:>6.1f}{mark}")
+    click.echo(f"kept in {run / 'decoder.json'}: {best.describe()}, beam {model.lm_beam}")
 
 
 def _transcribe_stream(model, run: Path, chunk_ms: int, as_json: bool) -> None:

@@ -64,6 +64,8 @@ _ALL_VARIANTS = (
 _TRAIN_VARIANTS = ("",) + tuple(v for v in _ALL_VARIANTS
                                 if v not in _HELD_VARIANTS["valid"] + _HELD_VARIANTS["test"])
 _FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")
+# with data.train_flite > 0, training uses these flite voices and the flite split the others
+_FLITE_TRAIN, _FLITE_HELD = ("kal", "kal16", "rms"), ("awb", "slt")
 _SPEED, _PITCH, _GAP = (130, 200), (20, 80), (0, 0, 1, 2)  # words/min, 0-99, 10 ms units
 
 
@@ -80,6 +82,8 @@ class SynthConfig:
     valid: int = bounded(200, ge=1)
     test: int = bounded(300, ge=1)
     flite: int = bounded(200, ge=0)  # held-out flite voices reading held-out sentences (0: no flite split)
+    train_flite: float = bounded(0.0, ge=0, le=1)  # this fraction of train is read by flite's training voices;
+    # when above 0, the flite split keeps to the voices held out of training (see _FLITE_VOICES)
     librivox: bool = True  # the five real LibriVox sentences of pocketsphinx-testdata
     min_words: int = bounded(3, ge=1)  # text is cut at punctuation into chunks of min_words..max_words
     max_words: int = bounded(16, ge=1)
@@ -299,6 +303,16 @@ def _sentences(cfg: SynthConfig) -> list[tuple[str, str]]:
     return out
 
 
+def lm_text(data: SynthConfig) -> list[str]:
+    """Text for a word language model: every piece of the dataset's text, cut as the utterances
+    are (but of any length from one word), normalised like the transcripts, one a line, repeats
+    kept. It includes the held-out sentences: whoever trains on it removes them."""
+    lines = []
+    for _, text in (_kjv() if data.text == "kjv" else _fortunes()):
+        lines += [normalize_transcript(piece) for piece in chunks(text, 1, data.max_words)]
+    return [line for line in lines if line]
+
+
 # -- synthesis --------------------------------------------------------------------------------
 
 
@@ -326,6 +340,8 @@ def _split_dirs(data: SynthConfig) -> dict[str, Path]:
             continue
         key = {"format": _FORMAT, "split": split, "text": cfg.text, "words": [cfg.min_words, cfg.max_words],
                "seed": cfg.seed, "counts": [counts[s] for s in _SPLITS[: i + 1]]}
+        if cfg.train_flite and split in ("flite", "train"):  # (absent otherwise: older caches stay valid)
+            key["train_flite"] = cfg.train_flite
         digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         dirs[split] = _cache_root(data) / "synth-speech" / f"{split}-{digest}"
     return dirs
@@ -334,7 +350,8 @@ def _split_dirs(data: SynthConfig) -> dict[str, Path]:
 def check_synth(data: SynthConfig) -> None:
     """One clear error if a program that synth-speech needs is missing (the cache counts)."""
     todo = [s for s, d in _split_dirs(data).items() if not (d / "manifest.jsonl").exists()]
-    needed = (["espeak-ng"] if set(todo) - {"flite"} else []) + (["flite"] if "flite" in todo else [])
+    flite = "flite" in todo or ("train" in todo and data.train_flite > 0)
+    needed = (["espeak-ng"] if set(todo) - {"flite"} else []) + (["flite"] if flite else [])
     needed += ["bible"] if todo and data.text == "kjv" else []
     for program in needed:
         if shutil.which(program) is None:
@@ -350,14 +367,20 @@ def check_synth(data: SynthConfig) -> None:
             raise DataError(f"{exc}, or set data.librivox: false") from None
 
 
-def _plan(split: str, sentences: list[tuple[str, str]], count: int, seed: int) -> list[dict[str, Any]]:
-    """Who says what: voice, variant, speed and pitch of each utterance, fixed by the seed."""
+def _plan(split: str, sentences: list[tuple[str, str]], count: int, seed: int,
+          train_flite: float = 0.0) -> list[dict[str, Any]]:
+    """Who says what: voice, variant, speed and pitch of each utterance, fixed by the seed.
+
+    ``train_flite`` > 0: that fraction of the training utterances is read by flite's training
+    voices, and the flite split keeps to the held-out ones."""
     rng = random.Random(f"{split}-{seed}")
     plan = []
     for i in range(count):
         source, text = sentences[i % len(sentences)]
-        if split == "flite":
-            row = {"engine": "flite", "voice": rng.choice(_FLITE_VOICES), "stretch": round(rng.uniform(0.85, 1.2), 2)}
+        flite = split == "flite" or (split == "train" and train_flite > 0 and rng.random() < train_flite)
+        if flite:
+            voices = _FLITE_VOICES if not train_flite else _FLITE_TRAIN if split == "train" else _FLITE_HELD
+            row = {"engine": "flite", "voice": rng.choice(voices), "stretch": round(rng.uniform(0.85, 1.2), 2)}
         else:
             variants = _HELD_VARIANTS.get(split, _TRAIN_VARIANTS)
             row = {"engine": "espeak-ng", "voice": rng.choice(_VOICES[split]), "variant": rng.choice(variants),
@@ -479,7 +502,8 @@ def synth_provider(data: SynthConfig, *, base: Path,
                 raise RecipeError(f"data.{split}: only {len(sentences)} distinct sentences; ask for fewer "
                                   "utterances or allow more words per chunk")
             jobs = cfg.jobs or os.cpu_count() or 1
-            out[split] = _build_split(split, dirs[split], _plan(split, pool, counts[split], cfg.seed), jobs)
+            plan = _plan(split, pool, counts[split], cfg.seed, cfg.train_flite)
+            out[split] = _build_split(split, dirs[split], plan, jobs)
         start += counts[split]
     if cfg.librivox and (splits is None or "librivox" in splits):
         out["librivox"] = librivox_corpus()
@@ -489,3 +513,4 @@ def synth_provider(data: SynthConfig, *, base: Path,
 synth_provider.task = "transcription"  # type: ignore[attr-defined]
 synth_provider.check = check_synth  # type: ignore[attr-defined]
 synth_provider.Config = SynthConfig  # type: ignore[attr-defined]
+synth_provider.lm_text = lm_text  # type: ignore[attr-defined]

@@ -45,6 +45,11 @@ class FbankFeatures:
     dropout: float = bounded(0.0, ge=0, lt=1)  # on the front-end's output
     train_padding: Literal["mask", "repeat"] = "mask"  # repeat: pad training utterances with their last frame
     trim_silence: Optional[float] = None  # training only: seconds of silence kept at either end; null: all
+    # Waveform augmentation of the training audio, drawn once per utterance (fixed by train.seed):
+    speed_perturb: float = bounded(0.0, ge=0, lt=0.5)  # play at 1 - s, 1 or 1 + s times the speed (tempo and pitch)
+    noise: float = bounded(0.0, ge=0, le=1)  # this fraction of utterances gets white, pink or brown noise ...
+    noise_snr: float = 10.0  # ... at a signal-to-noise ratio between noise_snr and noise_snr + 20 dB
+    gain_db: float = bounded(0.0, ge=0)  # scale the loudness by up to +- gain_db
 
 
 _MAX_CHANNELS = 8
@@ -127,6 +132,51 @@ def _resampler(rate: int, sample_rate: int) -> torchaudio.transforms.Resample:
     took longer than resampling a few seconds of speech).  Its kernel is computed in float64,
     so it differs from ``torchaudio.functional.resample`` on float32 input by ~1e-5."""
     return torchaudio.transforms.Resample(rate, sample_rate)
+
+
+class WaveAugment:
+    """Training audio, altered once per utterance and fixed by the seed and the utterance's index:
+    speed perturbation (the audio resampled so that it plays 1 - s, 1 or 1 + s times as fast,
+    tempo and pitch together, as Ko et al. 2015 did with 0.9/1.0/1.1), generated noise (white,
+    pink or brown, at a signal-to-noise ratio drawn from ``snr``..``snr`` + 20 dB) and a gain."""
+
+    def __init__(self, speed: float = 0.0, noise: float = 0.0, snr: float = 10.0, gain_db: float = 0.0,
+                 seed: int = 0) -> None:
+        self.speed, self.noise, self.snr, self.gain_db, self.seed = speed, noise, snr, gain_db, seed
+
+    @classmethod
+    def from_config(cls, cfg: FbankFeatures, seed: int) -> Optional["WaveAugment"]:
+        if not (cfg.speed_perturb or cfg.noise or cfg.gain_db):
+            return None
+        return cls(cfg.speed_perturb, cfg.noise, cfg.noise_snr, cfg.gain_db, seed)
+
+    def __call__(self, wave: Tensor, index: int) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        draw = torch.rand(5, generator=gen).tolist()
+        if self.speed:
+            factor = (1 - self.speed, 1.0, 1 + self.speed)[min(int(draw[0] * 3), 2)]
+            if factor != 1.0:  # read as if recorded at factor x the rate: factor x as fast
+                wave = _resampler(round(factor * 1000), 1000)(wave)
+        if self.gain_db:
+            wave = wave * 10 ** ((2 * draw[1] - 1) * self.gain_db / 20)
+        if draw[2] < self.noise:
+            color = min(int(draw[3] * 3), 2)  # 0 white, 1 pink (1/f power), 2 brown (1/f^2)
+            noise = colored_noise(wave.numel(), color, gen)
+            snr_db = self.snr + 20 * draw[4]
+            power = wave.pow(2).mean().clamp(min=1e-10)
+            wave = wave + noise * (power / 10 ** (snr_db / 10)).sqrt()
+        return wave
+
+
+def colored_noise(n: int, exponent: int, gen: torch.Generator) -> Tensor:
+    """``n`` samples of noise with unit power whose power spectrum falls as 1/f**exponent
+    (0 white, 1 pink, 2 brown)."""
+    spectrum = torch.fft.rfft(torch.randn(n, generator=gen))
+    if exponent:
+        f = torch.arange(spectrum.numel(), dtype=torch.float32).clamp(min=1.0)
+        spectrum = spectrum / f.pow(exponent / 2)
+    noise = torch.fft.irfft(spectrum, n)
+    return noise / noise.pow(2).mean().sqrt().clamp(min=1e-12)
 
 
 class Fbank(nn.Module):

@@ -9,7 +9,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -18,6 +18,9 @@ from torch.nn import functional as F
 
 from ..errors import SeqkitError
 from ..recipe import bounded
+
+if TYPE_CHECKING:
+    from ..decoding import DecoderLM
 
 __all__ = ["BLANK", "CTC", "CTCOptions", "CTCVocab", "error_rates"]
 
@@ -89,6 +92,10 @@ class CTCVocab:
             return self.tokenizer.encode(word).tokens
         return [c for c in word if c in self.index] + [WORD]
 
+    def can_spell(self, word: str) -> bool:
+        """Whether every character of ``word`` is an output unit (BPE pieces spell anything)."""
+        return self.tokenizer is not None or all(c in self.index for c in word)
+
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         if self.tokenizer is not None:
@@ -116,6 +123,15 @@ class CTCOptions:
     bpe_size: int = bounded(256, ge=2)  # BPE vocabulary size (HF tokenizers, trained on the training text)
     beam_size: int = bounded(16, ge=0)  # beam width of the final report and `seqkit evaluate` (0: greedy only)
     lexicon: Optional[str] = None  # word list (or "train": the training words); beam search outputs only these
+    # A word language model for beam search (needs a lexicon): "kenlm" estimates an lm_order-gram
+    # of the dataset's text with every valid/test/flite sentence removed (run/lm/); or a KenLM
+    # file (.arpa/.bin), or a seqkit language-model run folder with word units (an LSTM LM).
+    lm: Optional[str] = None
+    lm_order: int = bounded(4, ge=2, le=6)
+    lm_weight: float = 0.5  # starting values; with lm_tune, the run grid-searches both on the
+    word_score: float = 0.0  # validation split and keeps the best in run/decoder.json
+    lm_tune: bool = True
+    lm_rescore: bool = False  # LSTM LM: rescore the n-best list of a search without LM instead
 
 
 class CTC(nn.Module):
@@ -162,39 +178,84 @@ class CTC(nn.Module):
             out.append(self.vocab.decode([i for i in ids.tolist() if i != 0]))
         return out
 
-    def beam(self, log_probs: Tensor, lengths: Tensor, beam_size: int = 16) -> list[str]:
-        decoder = self._decoder(beam_size)
-        emissions = log_probs.detach().float().cpu().contiguous()
-        hyps = decoder(emissions, lengths.cpu().to(torch.int32))
+    def beam(self, log_probs: Tensor, lengths: Tensor, beam_size: int = 16,
+             lm: Optional[DecoderLM] = None) -> list[str]:
+        """Beam search (flashlight's, through torchaudio), spelling only lexicon words when there
+        is a lexicon; with ``lm`` (a :class:`~seqkit.decoding.DecoderLM`) a language model steers
+        it, or rescores its n-best list."""
+        if lm is not None and lm.rescore:
+            from ..decoding import rescore
+
+            return [" ".join(rescore(n, lm)) for n in self.nbest(log_probs, lengths, beam_size, lm.nbest)]
         out = []
-        for best in hyps:
+        for best in self._search(log_probs, lengths, beam_size, lm):
             if not best:
                 out.append("")
-            elif self.lexicon:
+            elif self.lexicon or lm is not None:
                 out.append(" ".join(best[0].words))
             else:
                 out.append(self.vocab.decode(best[0].tokens.tolist()))
         return out
 
-    def _decoder(self, beam_size: int):
-        if beam_size not in self._decoders:
+    def nbest(self, log_probs: Tensor, lengths: Tensor, beam_size: int, n: int) -> list[list[tuple[list[str], float]]]:
+        """The ``n`` best lexicon-word hypotheses of each sequence, with their scores, searched
+        without a language model (for rescoring)."""
+        if not self.lexicon:
+            raise SeqkitError("n-best rescoring needs a lexicon (head.lexicon)")
+        return [[(list(h.words), float(h.score)) for h in hyps]
+                for hyps in self._search(log_probs, lengths, beam_size, None, nbest=n)]
+
+    def _search(self, log_probs: Tensor, lengths: Tensor, beam_size: int, lm: Optional[DecoderLM],
+                nbest: int = 1) -> list:
+        decoder = self._decoder(beam_size, None if lm is None or lm.rescore else lm, nbest)
+        emissions = log_probs.detach().float().cpu()
+        lengths = lengths.cpu().to(torch.int32)
+        if self.vocab.kind == "chars":
+            # One more frame that is surely the word separator ends the last word: the lexicon
+            # search completes (and the LM scores) a word only at a separator, and the
+            # transcripts end without one.
+            emissions = F.pad(emissions, (0, 0, 0, 1), value=-1e4)
+            emissions[torch.arange(emissions.size(0)), lengths.long(), self.vocab.index[WORD]] = 0.0
+            lengths = lengths + 1
+        return decoder(emissions.contiguous(), lengths)
+
+    def _decoder(self, beam_size: int, lm: Optional[DecoderLM] = None, nbest: int = 1):
+        key = (beam_size, nbest, lm.key() if lm is not None else None)
+        if key not in self._decoders:
             try:
                 from torchaudio.models.decoder import ctc_decoder
             except ImportError as exc:  # flashlight-text missing
                 raise SeqkitError(f"beam search needs flashlight-text ({exc}); "
                                   "pip install flashlight-text, or decode greedily (--beam 0)") from None
+            words = list(self.lexicon or [])
+            if lm is not None:  # the LM's words may be spelled too (those of the acoustic model's units)
+                known = set(words)
+                words += [w for w in lm.words if w not in known and self.vocab.can_spell(w)]
+            options: dict[str, Any] = {}
             with tempfile.TemporaryDirectory() as tmp:
                 lexicon_path = None
-                if self.lexicon:
+                if words:
                     lexicon_path = str(Path(tmp) / "lexicon.txt")
-                    lines = [f"{w} {' '.join(self.vocab.spell(w))}" for w in self.lexicon if w.strip()]
+                    lines = [f"{w} {' '.join(self.vocab.spell(w))}" for w in words if w.strip()]
                     Path(lexicon_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+                if lm is not None and lm.kind == "kenlm":
+                    options = {"lm": str(lm.path), "lm_weight": lm.weight, "word_score": lm.word_score}
+                elif lm is not None:  # an LSTM LM scores words inside the search
+                    from ..decoding import _lstm, lstm_word_lm
+
+                    dictionary = [w for w in words if w.strip()] + ["<unk>"]
+                    lm_dict = Path(tmp) / "lm_dict.txt"
+                    lm_dict.write_text("\n".join(dictionary) + "\n", encoding="utf-8")
+                    options = {"lm": lstm_word_lm(_lstm(lm.path), dictionary), "lm_dict": str(lm_dict),
+                               "lm_weight": lm.weight, "word_score": lm.word_score}
+                elif nbest > 1:
+                    options = {"word_score": 0.0}
                 # log_add: a prefix's score sums over its alignments (without it hypotheses are
                 # merged by max, which finds the single best path: the greedy answer)
-                self._decoders[beam_size] = ctc_decoder(
-                    lexicon=lexicon_path, tokens=list(self.vocab.tokens), beam_size=beam_size,
-                    blank_token=BLANK, sil_token=self.vocab.word_token, unk_word="<unk>", log_add=True)
-        return self._decoders[beam_size]
+                self._decoders[key] = ctc_decoder(
+                    lexicon=lexicon_path, tokens=list(self.vocab.tokens), beam_size=beam_size, nbest=nbest,
+                    blank_token=BLANK, sil_token=self.vocab.word_token, unk_word="<unk>", log_add=True, **options)
+        return self._decoders[key]
 
 
 def _edit_distance(a: Sequence, b: Sequence) -> int:

@@ -20,7 +20,9 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
+from .. import decoding, registry
 from ..data.speech import SpeechCorpus, read_manifest
+from ..decoding import DecoderLM
 from ..errors import DataError, RecipeError, SeqkitError
 from ..features.audio import (
     _LOG_FLOOR,
@@ -30,6 +32,7 @@ from ..features.audio import (
     Fbank,
     Normalizer,
     SpecAugment,
+    WaveAugment,
     as_waveform,
     read_audio,
     trim_silence,
@@ -129,6 +132,7 @@ def make_batches(feats: Sequence[Tensor], targets: Optional[Sequence[list[int]]]
     return Batches(groups, feats, targets, texts, repeat_last=repeat_last)
 
 
+Decoding = Union[int, tuple[str, int]]  # a beam width (0: greedy), or ("lm", width): with the run's LM
 MIN_FRAMES = 5  # an exported graph's shortest padded input (a shorter batch is padded to it)
 
 
@@ -155,6 +159,8 @@ class SpeechModel(nn.Module):
                                        num_layers=f.conv_layers, channels=f.conv_channels, dropout=f.dropout)
         self.encoder = build_encoder(recipe, enc.hidden_size)
         self.head = head_cls(self.encoder.output_size, vocab, dropout=recipe.head.dropout, lexicon=lexicon)
+        self.decoder_lm: Optional[DecoderLM] = None  # the run's decoder.json: beam search with a language model
+        self.lm_beam = 0
 
     @property
     def sample_rate(self) -> int:
@@ -179,12 +185,30 @@ class SpeechModel(nn.Module):
     def decode(self, batch: SpeechBatch, beam: int = 0) -> list[str]:
         return self.decode_beams(batch, [beam])[beam]
 
-    def decode_beams(self, batch: SpeechBatch, beams: Sequence[int]) -> dict[int, list[str]]:
-        """Texts per beam width (0: greedy), all from one encoder pass."""
+    def decode_beams(self, batch: SpeechBatch, beams: Sequence[Decoding]) -> dict[Decoding, list[str]]:
+        """Texts per decoding, all from one encoder pass: a beam width (0: greedy), or ``("lm",
+        width)``, beam search with the run's language model (:attr:`decoder_lm`)."""
         out, lengths = self.encode(batch)
         log_probs = self.head.log_probs(out)  # (N, L', C)
-        return {b: self.head.beam(log_probs, lengths, b) if b > 0 else self.head.greedy(log_probs, lengths)
-                for b in beams}
+        return {b: self._decode(log_probs, lengths, b) for b in beams}
+
+    def _decode(self, log_probs: Tensor, lengths: Tensor, how: Decoding) -> list[str]:
+        if isinstance(how, tuple):
+            if self.decoder_lm is None:
+                raise SeqkitError("this run has no decoder language model (decoder.json); add one with "
+                                  "`seqkit tune-decoder RUN --lm ...`")
+            return self.head.beam(log_probs, lengths, how[1], lm=self.decoder_lm)
+        return self.head.beam(log_probs, lengths, how) if how > 0 else self.head.greedy(log_probs, lengths)
+
+    def decoding(self, beam: int, lm: Optional[bool] = None) -> Decoding:
+        """How ``transcribe(beam=..., lm=...)`` decodes: greedily for beam 0; with a beam search and
+        the run's language model when it has one (``lm`` None) or when asked (``lm=True``)."""
+        if lm and self.decoder_lm is None:
+            raise SeqkitError("lm=True, but this run has no decoder language model (decoder.json); add one with "
+                              "`seqkit tune-decoder RUN --lm ...`")
+        if lm is False or beam <= 0 or self.decoder_lm is None:
+            return beam
+        return ("lm", beam)
 
     def stream(self, *, keep_log_probs: bool = False) -> Any:
         """A streaming session (:class:`seqkit.streaming.TranscriptionStream`) for a forward-only
@@ -229,10 +253,11 @@ class SpeechModel(nn.Module):
     def evaluate(self, batches: Iterable[SpeechBatch], beam: int = 0) -> dict[str, Any]:
         return self.evaluate_beams(batches, [beam])[beam]
 
-    def evaluate_beams(self, batches: Iterable[SpeechBatch], beams: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """Scores per beam width (0: greedy) from one encoder pass over ``batches``."""
+    def evaluate_beams(self, batches: Iterable[SpeechBatch],
+                       beams: Sequence[Decoding]) -> dict[Decoding, dict[str, Any]]:
+        """Scores per decoding (see :meth:`decode_beams`) from one encoder pass over ``batches``."""
         refs: list[str] = []
-        hyps: dict[int, list[str]] = {b: [] for b in beams}
+        hyps: dict[Decoding, list[str]] = {b: [] for b in beams}
         for batch in batches:
             refs += batch.texts
             for b, texts in self.decode_beams(batch, list(hyps)).items():
@@ -241,21 +266,26 @@ class SpeechModel(nn.Module):
 
     @overload
     def transcribe(self, audio: AudioInput, *, sample_rate: Optional[int] = None, beam: int = 0,
-                   batch_size: int = 16, progress: Optional[bool] = None, errors: str = "raise") -> dict[str, Any]: ...
+                   lm: Optional[bool] = None, batch_size: int = 16, progress: Optional[bool] = None,
+                   errors: str = "raise") -> dict[str, Any]: ...
 
     @overload
     def transcribe(self, audio: Union[list[AudioInput], tuple[AudioInput, ...]], *,
-                   sample_rate: Optional[int] = None, beam: int = 0, batch_size: int = 16,
-                   progress: Optional[bool] = None, errors: str = "raise") -> list[dict[str, Any]]: ...
+                   sample_rate: Optional[int] = None, beam: int = 0, lm: Optional[bool] = None,
+                   batch_size: int = 16, progress: Optional[bool] = None,
+                   errors: str = "raise") -> list[dict[str, Any]]: ...
 
     @torch.inference_mode()
-    def transcribe(self, audio, *, sample_rate=None, beam=0, batch_size=16, progress=None, errors="raise"):
+    def transcribe(self, audio, *, sample_rate=None, beam=0, lm=None, batch_size=16, progress=None, errors="raise"):
         """Transcribe audio files (WAV/FLAC/OGG, any rate) or sample arrays.
 
         Args:
             audio: a path, a (T,), (T, channels) or (channels, T) array or tensor, or a list of those.
             sample_rate: the rate of arrays (required for them); files carry their own.
             beam: beam width of the CTC beam search; 0 decodes greedily.
+            lm: with a beam, use the run's decoder language model (``decoder.json``, written by
+                the recipe's ``head.lm`` or ``seqkit tune-decoder``): None when it has one,
+                True requires it, False searches without it.
             batch_size: utterances per forward pass (sorted by duration).
             progress: progress bar on stderr; None shows one when there is more than a batch.
             errors: ``"raise"`` stops at the first unreadable input with a DataError;
@@ -266,20 +296,21 @@ class SpeechModel(nn.Module):
         text (features, network and decoding; shared out by duration within a batch).
         """
         single = not isinstance(audio, (list, tuple))
-        results = self.transcribe_beams([audio] if single else list(audio), [beam], sample_rate=sample_rate,
+        how = self.decoding(beam, lm)
+        results = self.transcribe_beams([audio] if single else list(audio), [how], sample_rate=sample_rate,
                                         batch_size=batch_size, progress=progress, errors=errors)
         for k, result in enumerate(results):
             texts = result.pop("texts")
-            results[k] = {"audio": result.pop("audio"), "text": texts[beam] if texts else None, **result}
+            results[k] = {"audio": result.pop("audio"), "text": texts[how] if texts else None, **result}
         return results[0] if single else results
 
     @torch.inference_mode()
-    def transcribe_beams(self, items: Sequence[AudioInput], beams: Sequence[int], *,
+    def transcribe_beams(self, items: Sequence[AudioInput], beams: Sequence[Decoding], *,
                          sample_rate: Optional[int] = None, batch_size: int = 16,
                          progress: Optional[bool] = None, errors: str = "raise") -> list[dict[str, Any]]:
-        """:meth:`transcribe` a list with several beam widths (0: greedy) at once: each input is
-        read, featurised and encoded once; ``texts`` maps each width to its text (None for an
-        unreadable input), beside ``audio``, ``duration_s``, ``time_s`` (and ``error``)."""
+        """:meth:`transcribe` a list with several decodings (see :meth:`decode_beams`) at once: each
+        input is read, featurised and encoded once; ``texts`` maps each decoding to its text (None
+        for an unreadable input), beside ``audio``, ``duration_s``, ``time_s`` (and ``error``)."""
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
         self.eval()
@@ -315,7 +346,7 @@ class SpeechModel(nn.Module):
         return as_waveform(item, sample_rate, self.sample_rate)
 
     def _transcribe_group(self, group: list[int], waves: dict[int, Tensor], results: list[dict[str, Any]],
-                          beams: Sequence[int], device: torch.device) -> None:
+                          beams: Sequence[Decoding], device: torch.device) -> None:
         started = time.perf_counter()
         feats = [self.fbank(waves[i].to(device)) for i in group]
         texts = self.decode_beams(collate(feats, None, [""] * len(group), group), list(beams))
@@ -330,20 +361,22 @@ class SpeechModel(nn.Module):
 
 
 def _features(model: SpeechModel, corpus: SpeechCorpus, log: Callable[[str], None],
-              desc: str) -> tuple[list[Tensor], list[str]]:
-    """Log-mel features and transcripts of a corpus; unreadable files are skipped and named."""
+              desc: str, augment: Optional[WaveAugment] = None) -> tuple[list[Tensor], list[str]]:
+    """Log-mel features and transcripts of a corpus (its audio altered by ``augment``, if given);
+    unreadable files are skipped and named."""
     feats, texts, bad = [], [], []
 
-    def featurise(path: Path) -> Union[Tensor, DataError]:
+    def featurise(index: int) -> Union[Tensor, DataError]:
         with torch.inference_mode():  # thread-local, so entered in each worker
             try:
-                return model.fbank(read_audio(path, model.sample_rate))
+                wave = read_audio(corpus.utterances[index].audio, model.sample_rate)
+                return model.fbank(augment(wave, index) if augment is not None else wave)
             except DataError as exc:
                 return exc
 
     # Threads: decoding, resampling and the filter bank release the GIL.
     with ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads()))) as pool:
-        results = pool.map(featurise, [utt.audio for utt in corpus.utterances])
+        results = pool.map(featurise, range(len(corpus.utterances)))
         for utt, result in tqdm(zip(corpus.utterances, results), total=len(corpus.utterances),
                                 desc=f"features {desc}", unit="utt", leave=False, disable=None):
             if isinstance(result, DataError):
@@ -398,7 +431,9 @@ def _prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
     lexicon = _lexicon(recipe, vocab_dir, texts)
     model = SpeechModel(recipe, vocab, head_class(recipe), lexicon)
     trim = recipe.features.trim_silence
-    data = {name: _features(model, corpus, log, name) for name, corpus in splits.items() if corpus.utterances}
+    augment = WaveAugment.from_config(recipe.features, recipe.train.seed)
+    data = {name: _features(model, corpus, log, name, augment if name == "train" else None)
+            for name, corpus in splits.items() if corpus.utterances}
     feats, texts = data["train"]
     if not feats:
         raise SeqkitError(f"{splits['train'].path}: no readable training audio")
@@ -423,12 +458,99 @@ def _prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
 
     def final_eval(trained: nn.Module) -> dict[str, Any]:
         assert isinstance(trained, SpeechModel)
-        return _report(trained, held["test"], extras, recipe.head.beam_size)
+        info: dict[str, Any] = {}
+        head = recipe.head
+        if head.lm:
+            held_out = [t for k, d in data.items() if k != "train" for t in d[1]]
+            info, _ = _decoder_lm(trained, recipe, run_dir, held["valid"], held_out, log, spec=head.lm,
+                                  order=head.lm_order, weight=head.lm_weight, word_score=head.word_score,
+                                  rescore=head.lm_rescore, tune=head.lm_tune)
+        return _report(trained, held["test"], extras, recipe.head.beam_size) | info
 
     repeat_last = recipe.features.train_padding == "repeat"
     return Prepared(model, lambda epoch: make_batches(feats, targets, texts, cfg.batch_size,
                                                       repeat_last=repeat_last, **epoch_order(cfg, epoch)),
                     held["valid"], held["test"], final_eval=final_eval)
+
+
+def _decoder_lm(model: SpeechModel, recipe: Recipe, run_dir: Optional[Path], valid: Optional[Batches],
+                held_out: Sequence[str], log: Callable[[str], None], *, spec: str, order: int = 4,
+                weight: float = 0.5, word_score: float = 0.0, rescore: bool = False, nbest: int = 16,
+                tune: bool = True, beam: int = 0, weights: Sequence[float] = decoding.WEIGHTS,
+                word_scores: Sequence[float] = decoding.WORD_SCORES) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A decoder LM for ``model``: built (``spec`` kenlm: an ``order``-gram of the dataset's text
+    without the ``held_out`` sentences, in run/lm) or found (a file or an LM run), tuned on
+    ``valid`` (when ``tune``), kept in run/decoder.json and set on the model. Returns what the
+    metrics record about it, and the tuning grid's rows."""
+    beam = beam or recipe.head.beam_size
+    if beam <= 0 or not model.head.lexicon:
+        raise RecipeError(f"{recipe.source}: a decoder language model needs a beam search with a lexicon "
+                          "(head.beam_size > 0 and head.lexicon)")
+    started = time.perf_counter()
+    info: dict[str, Any] = {}
+    if spec == "kenlm":
+        if run_dir is None:
+            raise RecipeError(f"{recipe.source}: head.lm: kenlm builds the model into the run folder; run the "
+                              "recipe with --out")
+        provider = registry.datasets.get(recipe.data.dataset, where=f"{recipe.source}: data.dataset")
+        lines = (provider.lm_text(recipe.data) if hasattr(provider, "lm_text")
+                 else [u.text for u in load_splits(recipe, ["train"])["train"].utterances])
+        lines, check = decoding.held_out_check(lines, held_out)
+        folder = run_dir / "lm"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "text.txt").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        log(f"decoder LM text: {check['kept_lines']:,} lines, {check['words']:,} words; removed "
+            f"{check['removed_lines']:,} lines that are one of the {check['held_out_sentences']:,} "
+            f"valid/test/extra sentences (left in the text: {check['held_out_sentences_in_lm_text']})")
+        path = decoding.build_kenlm(lines, folder, order=order, log=log)
+        info["lm_text"] = check
+    else:
+        path = resolve_path(spec, recipe_base(recipe), f"{recipe.source}: head.lm")
+        assert path is not None
+    lm = decoding.resolve(str(path), weight=weight, word_score=word_score, rescore=rescore, nbest=nbest)
+    rows: list[dict[str, Any]] = []
+    if tune and valid is not None:
+        log(f"tuning lm_weight and word_score on {sum(len(b.texts) for b in valid)} validation utterances")
+        lm, rows = decoding.tune(model.head, _emissions(model, valid), lm, beam_size=beam, weights=weights,
+                                 word_scores=word_scores, log=log)
+    model.decoder_lm, model.lm_beam = lm, beam
+    if run_dir is not None:
+        decoding.save(run_dir, lm, beam, {"tuned_on": "valid" if rows else None, "grid": rows, **info})
+    seconds = round(time.perf_counter() - started, 1)
+    log(f"decoder LM: {lm.describe()} ({seconds:.0f} s to build and tune)")
+    return info | {"decoder_lm": {"kind": lm.kind, "lm_weight": lm.weight, "word_score": lm.word_score,
+                                  "rescore": lm.rescore, "seconds": seconds}}, rows
+
+
+def tune_decoder(model: SpeechModel, run_dir: Path, spec: str, *, order: int = 4, beam: int = 0,
+                 weights: Sequence[float] = decoding.WEIGHTS, word_scores: Sequence[float] = decoding.WORD_SCORES,
+                 rescore: bool = False, nbest: int = 16, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """``seqkit tune-decoder``: :func:`_decoder_lm` for a trained run, on its recipe's validation
+    split; every other split's transcripts are held out of a kenlm text too."""
+    recipe = model.recipe
+    splits = load_splits(recipe, ["valid", "test", "flite", "librivox"])
+    valid = splits.get("valid")
+    if valid is None or not valid.utterances:
+        raise SeqkitError(f"{run_dir}: the recipe's data has no validation split to tune on")
+    held_out = [u.text for name, corpus in splits.items() if name != "train" for u in corpus.utterances]
+    feats, texts = _features(model, valid, log, "valid")
+    batches = make_batches(feats, None, texts, recipe.train.eval_batch_size)
+    _, rows = _decoder_lm(model, recipe, run_dir, batches, held_out, log, spec=spec, order=order, rescore=rescore,
+                          nbest=nbest, beam=beam, weights=weights, word_scores=word_scores)
+    return rows
+
+
+@torch.no_grad()
+def _emissions(model: SpeechModel, batches: Iterable[SpeechBatch]) -> list[tuple[Tensor, Tensor, list[str]]]:
+    """CTC log-probabilities, their lengths and the reference texts of each batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for batch in batches:
+        batch = batch.to(device)
+        features, lengths = model.encode(batch)
+        out.append((model.head.log_probs(features).cpu(), lengths.cpu(), list(batch.texts)))
+    return out
 
 
 @torch.no_grad()
@@ -437,13 +559,17 @@ def _report(model: SpeechModel, test: Optional[Batches], extras: dict[str, Batch
     name; one encoder pass per split."""
     model.eval()
     device = next(model.parameters()).device
-    beams = [0, beam] if beam > 0 else [0]
+    beams: list[Decoding] = [0, beam] if beam > 0 else [0]
+    if beam > 0 and model.decoder_lm is not None:
+        beams.append(("lm", model.lm_beam))
     out: dict[str, Any] = {}
     for name, batches in (({"test": test} if test is not None else {}) | extras).items():
         scores = model.evaluate_beams((b.to(device) for b in batches), beams)
         result = scores[0]
         if beam > 0:
             result.update(cer_beam=scores[beam]["cer"], wer_beam=scores[beam]["wer"])
+        if len(beams) > 2:
+            result.update(cer_lm=scores[beams[2]]["cer"], wer_lm=scores[beams[2]]["wer"])
         if name == "test":
             out.update(result, **({"beam_size": beam} if beam > 0 else {}))
         else:
@@ -463,6 +589,13 @@ class TranscriptionTask(Task):
     summary = ("cer", "wer", "cer_beam", "wer_beam")
 
     def check(self, recipe: Recipe) -> None:
+        if getattr(recipe.head, "lm", None) == "kenlm":  # found missing now, not after training
+            from ..ngram import require_kenlm
+
+            try:
+                require_kenlm()
+            except SeqkitError as exc:
+                raise RecipeError(f"{recipe.source}: head.lm: kenlm needs KenLM: {exc}; or set head.lm: null") from None
         trim = getattr(recipe.features, "trim_silence", None)
         if trim is not None and not trim >= 0:
             raise RecipeError(f"{recipe.source}: features.trim_silence: expected seconds of silence to keep, "
@@ -474,7 +607,11 @@ class TranscriptionTask(Task):
 
     def build_model(self, recipe: Recipe, run_dir: Path) -> SpeechModel:
         vocab = read_vocab(run_dir / "vocab", CTCVocab.load, marker="units.json")
-        return SpeechModel(recipe, vocab, head_class(recipe), _lexicon(recipe, run_dir / "vocab"))
+        model = SpeechModel(recipe, vocab, head_class(recipe), _lexicon(recipe, run_dir / "vocab"))
+        saved = decoding.load(run_dir)
+        if saved is not None:
+            model.decoder_lm, model.lm_beam = saved
+        return model
 
     def evaluate_data(self, model: nn.Module, data: Optional[Path], *, batch_size: int = 128) -> dict[str, Any]:
         assert isinstance(model, SpeechModel)
@@ -503,7 +640,10 @@ def _evaluate_data(model: SpeechModel, data: Optional[Path], *, batch_size: int 
         raise SeqkitError(f"{corpus.path}: no utterances to evaluate")
     paths: list[AudioInput] = [u.audio for u in corpus.utterances]
     beam = model.recipe.head.beam_size
-    results = model.transcribe_beams(paths, [0, beam] if beam > 0 else [0], batch_size=batch_size, errors="skip")
+    hows: list[Decoding] = [0, beam] if beam > 0 else [0]
+    if beam > 0 and model.decoder_lm is not None:
+        hows.append(("lm", model.lm_beam))
+    results = model.transcribe_beams(paths, hows, batch_size=batch_size, errors="skip")
     ok = [i for i, r in enumerate(results) if r["texts"] is not None]
     if not ok:
         raise DataError(f"{corpus.path}: none of the {len(paths)} audio files could be read")
@@ -512,6 +652,9 @@ def _evaluate_data(model: SpeechModel, data: Optional[Path], *, batch_size: int 
     if beam > 0:
         scores = error_rates(refs, [results[i]["texts"][beam] for i in ok])
         metrics.update(cer_beam=scores["cer"], wer_beam=scores["wer"], beam_size=beam)
+    if len(hows) > 2:
+        scores = error_rates(refs, [results[i]["texts"][hows[2]] for i in ok])
+        metrics.update(cer_lm=scores["cer"], wer_lm=scores["wer"], decoder_lm=model.decoder_lm.describe())
     audio_s = sum(results[i]["duration_s"] for i in ok)
     metrics.update(utterances=len(ok), audio_s=round(audio_s, 1), data=str(corpus.path),
                    unreadable=[r["error"] for r in results if r["texts"] is None])
