@@ -394,13 +394,23 @@ def init_from_run(model: nn.Module, run: Path, *, log=print) -> None:
     if target_enc is None or source_enc is None:
         raise SeqkitError(f"encoder.init_from: {run}: both models need an `encoder` attribute")
     mine, theirs = target_enc.state_dict(), source_enc.state_dict()
-    wrong = [k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape]
+    # A recipe whose input puts more features after the same token embedding (a tagger's bigrams
+    # and word-list ids) takes the source's input columns and starts the extra ones fresh.
+    src_in, tgt_in = getattr(source_enc, "input_size", None), getattr(target_enc, "input_size", None)
+    wider = {k for k in mine if k in theirs and src_in is not None and tgt_in is not None and src_in < tgt_in
+             and theirs[k].dim() == 2 and tuple(theirs[k].shape) == (mine[k].size(0), src_in)
+             and mine[k].size(1) == tgt_in}
+    wrong = [k for k in mine if k not in wider and (k not in theirs or theirs[k].shape != mine[k].shape)]
     if wrong or set(theirs) - set(mine):
         raise SeqkitError(f"encoder.init_from: {run}: its encoder does not fit this recipe's "
-                          f"(cell, num_layers, hidden_size, directions and input size must match; first "
-                          f"mismatch: {(wrong or sorted(set(theirs) - set(mine)))[0]})")
-    target_enc.load_state_dict(theirs)
-    copied = ""
+                          f"(cell, num_layers, hidden_size and directions must match, and the input size "
+                          f"too or be larger here; first mismatch: {(wrong or sorted(set(theirs) - set(mine)))[0]})")
+    merged = dict(theirs)
+    for k in wider:
+        merged[k] = mine[k].clone()
+        merged[k][:, :src_in] = theirs[k].to(mine[k].dtype)
+    target_enc.load_state_dict(merged)
+    copied = f" (its {src_in} input columns; the other {tgt_in - src_in} start fresh)" if wider else ""
     if hasattr(model, "embedding_tokens") and hasattr(source, "embedding_tokens"):
         (emb, tokens), (src_emb, src_tokens) = model.embedding_tokens(), source.embedding_tokens()
         if emb.weight.size(1) != src_emb.weight.size(1):
@@ -412,5 +422,5 @@ def init_from_run(model: nn.Module, run: Path, *, log=print) -> None:
             rows, src_rows = zip(*pairs)
             with torch.no_grad():
                 emb.weight[list(rows)] = src_emb.weight[list(src_rows)].to(emb.weight.dtype)
-        copied = f" and {len(pairs)} of {len(tokens)} token embeddings"
+        copied += f" and {len(pairs)} of {len(tokens)} token embeddings"
     log(f"encoder.init_from: started the encoder{copied} from {run}")

@@ -162,6 +162,25 @@ def test_a_split_lm_pretrains_a_taggers_encoder(corpus, tmp_path):
     assert len(shared) > 50
     for token in shared[:20]:
         assert torch.equal(embedding.weight[tokens.index(token)], source.embed.weight[source.vocab.stoi[token]])
+    # a tagger whose input has more features after the token embedding (bigrams) takes the
+    # LM's input columns and starts the others fresh; the recurrent weights are the LM's
+    wider = Recipe.load(Path(__file__).resolve().parents[1] / "recipes" / "ner" / "conll.yaml",
+                        ["device=cpu", "features.embedding_dim=16", "features.bigram_dim=6", "encoder.directions=split",
+                         "encoder.num_layers=2", "encoder.hidden_size=24", "data.tokenize=chars"])
+    tagger = TaggingTask().prepare(wider, None, log=lambda m: None).model
+    fresh = tagger.encoder.cells["l0"].weight_ih.detach().clone()
+    said = []
+    init_from_run(tagger, tmp_path / "bilm", log=said.append)
+    mine, theirs = tagger.encoder.cells["l0"].weight_ih, source.encoder.cells["l0"].weight_ih
+    assert mine.shape == (96, 22) and theirs.shape == (96, 16)
+    assert torch.equal(mine[:, :16], theirs) and torch.equal(mine[:, 16:], fresh[:, 16:])
+    assert torch.equal(tagger.encoder.cells["l1"].weight_ih, source.encoder.cells["l1"].weight_ih)
+    assert "its 16 input columns; the other 6 start fresh" in said[0]
+    narrower = Recipe.load(Path(__file__).resolve().parents[1] / "recipes" / "ner" / "conll.yaml",
+                           ["device=cpu", "features.embedding_dim=12", "encoder.directions=split",
+                            "encoder.num_layers=2", "encoder.hidden_size=24"])
+    with pytest.raises(SeqkitError, match="does not fit"):  # fewer input columns than the LM: no
+        init_from_run(TaggingTask().prepare(narrower, None, log=lambda m: None).model, tmp_path / "bilm")
 
 
 def test_the_shared_sampler_takes_a_draw_function_and_keeps_its_own_random_stream():

@@ -9,6 +9,7 @@ returns the splits as a dict with keys ``train``, ``valid`` (possibly empty) and
 from __future__ import annotations
 
 import random
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Union
@@ -17,8 +18,10 @@ from ..errors import RecipeError
 from ..recipe import bounded
 from ..tasks import resolve_path
 from .conll import TaggedCorpus, msra_files, read_conll, read_msra
+from .lm import TextCorpus
 
-__all__ = ["ConllConfig", "MsraConfig", "conll_provider", "msra_provider", "split_valid"]
+__all__ = ["ConllConfig", "MsraConfig", "MsraTextConfig", "conll_provider", "msra_provider", "msra_text_provider",
+           "split_valid"]
 
 
 @dataclass
@@ -100,3 +103,27 @@ def msra_provider(data: MsraConfig, *, base: Path) -> dict[str, TaggedCorpus]:
 
 msra_provider.task = "tagging"  # type: ignore[attr-defined]
 msra_provider.Config = MsraConfig  # type: ignore[attr-defined]
+
+
+@dataclass
+class MsraTextConfig:
+    """Options of the ``msra-text`` dataset: MSRA's sentences as plain text, for pretraining a
+    language model on exactly the text a tagger trains on."""
+
+    valid_fraction: float = bounded(0.05, ge=0, lt=1)  # as the tagger's msra-ner: the same held-out sentences
+    limit: int = bounded(0, ge=0)  # keep the first N sentences of each split (0: all); for smoke tests
+
+
+def msra_text_provider(data: MsraTextConfig, *, base: Path) -> dict[str, TextCorpus]:
+    """MSRA's training sentences (without the ones ``msra-ner`` with the same ``valid_fraction``
+    holds out, which become ``valid``) and test sentences, one a line, characters unspaced."""
+    splits = msra_provider(MsraConfig(valid_fraction=data.valid_fraction, limit=data.limit), base=base)
+    # NFKC, as the tagger reads characters (full-width digits and letters fold to ASCII), so that
+    # encoder.init_from maps the LM's character embeddings onto the tagger's
+    return {name: TextCorpus([unicodedata.normalize("NFKC", "".join(words)) for words, _ in corpus.sentences],
+                             corpus.path)
+            for name, corpus in splits.items()}
+
+
+msra_text_provider.task = "language-model"  # type: ignore[attr-defined]
+msra_text_provider.Config = MsraTextConfig  # type: ignore[attr-defined]

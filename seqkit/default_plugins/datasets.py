@@ -2,7 +2,7 @@
 
 import seqkit
 from seqkit.data.lm import kjv_provider, text_provider
-from seqkit.data.providers import conll_provider, msra_provider
+from seqkit.data.providers import conll_provider, msra_provider, msra_text_provider
 from seqkit.data.speech import librivox_provider, manifest_provider, synth_provider
 
 
@@ -10,6 +10,7 @@ from seqkit.data.speech import librivox_provider, manifest_provider, synth_provi
 def register_datasets(register):
     register("conll", conll_provider)
     register("msra-ner", msra_provider)
+    register("msra-text", msra_text_provider)
     register("synth-speech", synth_provider)
     register("manifest", manifest_provider)
     register("librivox-sample", librivox_provider)
