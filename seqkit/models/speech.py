@@ -596,6 +596,8 @@ class TranscriptionTask(Task):
                 require_kenlm()
             except SeqkitError as exc:
                 raise RecipeError(f"{recipe.source}: head.lm: kenlm needs KenLM: {exc}; or set head.lm: null") from None
+        elif getattr(recipe.head, "lm", None):  # a file or an LM run: there before training starts
+            resolve_path(recipe.head.lm, recipe_base(recipe), f"{recipe.source}: head.lm")
         trim = getattr(recipe.features, "trim_silence", None)
         if trim is not None and not trim >= 0:
             raise RecipeError(f"{recipe.source}: features.trim_silence: expected seconds of silence to keep, "
