@@ -221,17 +221,22 @@ class _LSTMWordLM:
         return state, float(log_probs[self.eos])
 
 
-def rescore(nbest: Sequence[tuple[list[str], float]], lm: DecoderLM) -> list[str]:
+def rescore(nbest: Sequence[tuple[list[str], float]], lm: DecoderLM,
+            lm_scores: Optional[Sequence[float]] = None) -> list[str]:
     """The best of an n-best list (words, acoustic score) by acoustic + weight x LSTM log-prob +
-    word_score x words."""
+    word_score x words; ``lm_scores`` (from :func:`lm_log_probs`) saves scoring the list again."""
     if not nbest:
         return []
-    model = _lstm(lm.path)
-    texts = [" ".join(words) for words, _ in nbest]
-    scores = model.score(texts)
-    totals = [acoustic + lm.weight * s["logprob"] + lm.word_score * len(words)
-              for (words, acoustic), s in zip(nbest, scores, strict=True)]
+    if lm_scores is None:
+        lm_scores = lm_log_probs(nbest, lm)
+    totals = [acoustic + lm.weight * s + lm.word_score * len(words)
+              for (words, acoustic), s in zip(nbest, lm_scores, strict=True)]
     return nbest[max(range(len(totals)), key=totals.__getitem__)][0]
+
+
+def lm_log_probs(nbest: Sequence[tuple[list[str], float]], lm: DecoderLM) -> list[float]:
+    """The LSTM LM's log-probability (natural log, with the end of the sentence) of each hypothesis."""
+    return [s["logprob"] for s in _lstm(lm.path).score([" ".join(words) for words, _ in nbest])] if nbest else []
 
 
 # -- tuning and keeping the settings ---------------------------------------------------------
@@ -248,15 +253,17 @@ def tune(head: Any, emissions: Sequence[tuple[Tensor, Tensor, list[str]]], lm: D
     refs = [t for _, _, texts in emissions for t in texts]
     rows = []
     nbest_cache: Optional[list[list[tuple[list[str], float]]]] = None
+    scores_cache: list[list[float]] = []
     for w in weights:
         for ws in word_scores:
             trial = dataclasses.replace(lm, weight=float(w), word_score=float(ws))
             started = time.perf_counter()
             if trial.kind == "lstm" and trial.rescore:
-                if nbest_cache is None:  # the n-best lists do not depend on the weights
-                    nbest_cache = [n for lp, lengths, _ in emissions for n in head.nbest(lp, lengths, beam_size,
-                                                                                         trial.nbest)]
-                hyps = [" ".join(rescore(n, trial)) for n in nbest_cache]
+                if nbest_cache is None:  # the n-best lists and their LM scores do not depend on the weights
+                    nbest_cache = [n for lp, lengths, _ in emissions
+                                   for n in head.nbest(lp, lengths, beam_size, trial.nbest, trial.words)]
+                    scores_cache = [lm_log_probs(n, trial) for n in nbest_cache]
+                hyps = [" ".join(rescore(n, trial, s)) for n, s in zip(nbest_cache, scores_cache, strict=True)]
             else:
                 hyps = [h for lp, lengths, _ in emissions for h in head.beam(lp, lengths, beam_size, lm=trial)]
             scores = error_rates(refs, hyps)

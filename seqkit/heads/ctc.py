@@ -186,7 +186,7 @@ class CTC(nn.Module):
         if lm is not None and lm.rescore:
             from ..decoding import rescore
 
-            return [" ".join(rescore(n, lm)) for n in self.nbest(log_probs, lengths, beam_size, lm.nbest)]
+            return [" ".join(rescore(n, lm)) for n in self.nbest(log_probs, lengths, beam_size, lm.nbest, lm.words)]
         out = []
         for best in self._search(log_probs, lengths, beam_size, lm):
             if not best:
@@ -197,17 +197,20 @@ class CTC(nn.Module):
                 out.append(self.vocab.decode(best[0].tokens.tolist()))
         return out
 
-    def nbest(self, log_probs: Tensor, lengths: Tensor, beam_size: int, n: int) -> list[list[tuple[list[str], float]]]:
+    def nbest(self, log_probs: Tensor, lengths: Tensor, beam_size: int, n: int,
+              words: Sequence[str] = ()) -> list[list[tuple[list[str], float]]]:
         """The ``n`` best lexicon-word hypotheses of each sequence, with their scores, searched
-        without a language model (for rescoring)."""
+        without a language model (for rescoring); ``words`` join the lexicon (the LM's)."""
         if not self.lexicon:
             raise SeqkitError("n-best rescoring needs a lexicon (head.lexicon)")
         return [[(list(h.words), float(h.score)) for h in hyps]
-                for hyps in self._search(log_probs, lengths, beam_size, None, nbest=n)]
+                for hyps in self._search(log_probs, lengths, beam_size, None, nbest=n, words=tuple(words))]
 
     def _search(self, log_probs: Tensor, lengths: Tensor, beam_size: int, lm: Optional[DecoderLM],
-                nbest: int = 1) -> list:
-        decoder = self._decoder(beam_size, None if lm is None or lm.rescore else lm, nbest)
+                nbest: int = 1, words: tuple[str, ...] = ()) -> list:
+        if lm is not None and lm.rescore:
+            lm, words = None, lm.words
+        decoder = self._decoder(beam_size, lm, nbest, words)
         emissions = log_probs.detach().float().cpu()
         lengths = lengths.cpu().to(torch.int32)
         if self.vocab.kind == "chars":
@@ -219,8 +222,10 @@ class CTC(nn.Module):
             lengths = lengths + 1
         return decoder(emissions.contiguous(), lengths)
 
-    def _decoder(self, beam_size: int, lm: Optional[DecoderLM] = None, nbest: int = 1):
-        key = (beam_size, nbest, lm.key() if lm is not None else None)
+    def _decoder(self, beam_size: int, lm: Optional[DecoderLM] = None, nbest: int = 1,
+                 extra_words: tuple[str, ...] = ()):
+        extra_words = lm.words if lm is not None else extra_words
+        key = (beam_size, nbest, lm.key() if lm is not None else None, hash(extra_words))
         if key not in self._decoders:
             try:
                 from torchaudio.models.decoder import ctc_decoder
@@ -228,9 +233,9 @@ class CTC(nn.Module):
                 raise SeqkitError(f"beam search needs flashlight-text ({exc}); "
                                   "pip install flashlight-text, or decode greedily (--beam 0)") from None
             words = list(self.lexicon or [])
-            if lm is not None:  # the LM's words may be spelled too (those of the acoustic model's units)
+            if extra_words:  # the LM's words may be spelled too (those of the acoustic model's units)
                 known = set(words)
-                words += [w for w in lm.words if w not in known and self.vocab.can_spell(w)]
+                words += [w for w in extra_words if w not in known and self.vocab.can_spell(w)]
             options: dict[str, Any] = {}
             with tempfile.TemporaryDirectory() as tmp:
                 lexicon_path = None

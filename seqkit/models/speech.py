@@ -528,6 +528,11 @@ def tune_decoder(model: SpeechModel, run_dir: Path, spec: str, *, order: int = 4
     """``seqkit tune-decoder``: :func:`_decoder_lm` for a trained run, on its recipe's validation
     split; every other split's transcripts are held out of a kenlm text too."""
     recipe = model.recipe
+    if spec != "kenlm":  # a path on the command line is read from the current folder
+        if not Path(spec).expanduser().exists():
+            raise SeqkitError(f"--lm {spec}: no such file or folder; give kenlm, a KenLM model (.arpa or .bin) or "
+                              "a seqkit language-model run folder")
+        spec = str(Path(spec).expanduser().resolve())
     splits = load_splits(recipe, ["valid", "test", "flite", "librivox"])
     valid = splits.get("valid")
     if valid is None or not valid.utterances:
