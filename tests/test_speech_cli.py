@@ -65,7 +65,7 @@ def test_recipe_smoke_run_writes_all_metrics(run):
 
 
 @pytest.mark.skipif(find_lmplz() is None, reason="KenLM's lmplz is not built (bash tools/build_kenlm.sh)")
-def test_the_recipe_builds_a_decoder_lm_without_any_held_out_sentence_and_tunes_it(run, tmp_path):
+def test_the_recipe_builds_a_decoder_lm_without_any_held_out_sentence_and_tunes_it(run, tmp_path, monkeypatch):
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"cer_lm", "wer_lm"} <= set(metrics) and {"cer_lm", "wer_lm"} <= set(metrics["flite"])
     decoder = json.loads((run / "decoder.json").read_text())
@@ -85,7 +85,8 @@ def test_the_recipe_builds_a_decoder_lm_without_any_held_out_sentence_and_tunes_
     # tune-decoder: another grid, kept in the (copied) run; the CLI prints the grid
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    result = CliRunner().invoke(cli, ["tune-decoder", str(copy), "--lm", str(copy / "lm" / "kn4.bin"),
+    monkeypatch.chdir(tmp_path)  # --lm is read from the current folder
+    result = CliRunner().invoke(cli, ["tune-decoder", str(copy), "--lm", "run/lm/kn4.bin",
                                       "--weights", "0,2", "--word-scores", "1", "--beam", "4"])
     assert result.exit_code == 0, result.output
     tuned = json.loads((copy / "decoder.json").read_text())
