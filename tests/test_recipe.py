@@ -45,7 +45,8 @@ def test_defaults_file_and_overrides_precedence(tmp_path):
         ("", ["nonsense"], r"--set 'nonsense': expected KEY\.PATH=VALUE"),
         ("", ["bogus.key=1"], r"bogus: unknown key"),
         ("head: {name: ctc, crf: true}\n", [], r"r\.yaml: head\.crf: unknown key; expected one of beam_size, bpe_size, "
-         r"dropout, lexicon, name, vocab \(options of head 'ctc'\)"),
+         r"dropout, lexicon, lm, lm_order, lm_rescore, lm_tune, lm_weight, name, vocab, word_score "
+         r"\(options of head 'ctc'\)"),
         ("head: {name: tagger, beam_size: 4}\n", [], r"head\.beam_size: unknown key.*options of head 'tagger'"),
         ("task: tagging\ndata: {dataset: msra-ner, train: x.conll}\n", [], r"data\.train: unknown key.*'msra-ner'"),
         ("task: tagging\nfeatures: {kind: tokens, n_mels: 40}\n", [], r"features\.n_mels: unknown key"),
@@ -78,7 +79,8 @@ def test_each_component_reads_its_own_options(tmp_path, plugin_manager):
     assert recipe.features.kind == "fbank" and recipe.features.n_mels == 80
     shown = yaml.safe_load(recipe.to_yaml())
     assert shown["head"] == {"name": "ctc", "dropout": 0.0, "vocab": "chars", "bpe_size": 256, "beam_size": 64,
-                             "lexicon": None}
+                             "lexicon": None, "lm": None, "lm_order": 4, "lm_weight": 0.5, "word_score": 0.0,
+                             "lm_tune": True, "lm_rescore": False}
     assert list(shown["data"])[0] == "dataset"
 
 
