@@ -121,3 +121,13 @@ def test_the_last_word_ends_without_a_separator_and_costs_nothing_extra():
     best = CTC(4, vocab, lexicon=["the", "red", "car", "cars"]).nbest(lp, torch.tensor([lp.size(1)]), 16, 3)[0]
     assert best[0][0] == ["the", "red", "car"] and best[0][1] > -1.0
     assert best[1][1] < -5.0  # "cars" still costs a frame
+
+
+def test_an_arpa_file_brings_its_words(tmp_path):
+    arpa = tmp_path / "lm.arpa"
+    arpa.write_text("\\data\\\nngram 1=5\n\n\\1-grams:\n-1.0\t<unk>\t0\n-99\t<s>\t-0.5\n-1.0\t</s>\t0\n"
+                    "-0.5\tred\t-0.2\n-0.6\tcar\t-0.1\n\n\\end\\\n", encoding="utf-8")
+    lm = decoding.resolve(str(arpa))
+    assert lm.kind == "kenlm" and lm.words == ("red", "car")  # KenLM's own markers are not words
+    with pytest.raises(SeqkitError, match="rescoring is for LSTM"):
+        decoding.resolve(str(arpa), rescore=True)
