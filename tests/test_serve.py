@@ -110,26 +110,14 @@ device: cpu
     return tmp / name
 
 
-def _chorale_like(seed: int, frames: int = 24) -> list[list[int]]:
-    """Four voices moving by small steps around C major, as a JSB-style list of pitch lists (as
-    the plugin's own tests make them)."""
-    rng = np.random.default_rng(seed)
-    voices = np.array([48, 55, 64, 72])
-    out = []
-    for _ in range(frames):
-        voices = np.clip(voices + rng.integers(-2, 3, size=4), 36, 84)
-        out.append(sorted(int(v) for v in voices))
-    return out
-
-
 def _train_music(tmp: Path) -> Path:
     """A piano-roll run (bernoulli head) on tiny JSB-style data, the plugin registered in this
     process while it trains. 10 epochs (about 1 s): after 1 the model still turns half the keys
     on, and the page's picture (tests/artifacts/serve-page.png) would be noise; after 10 it plays
     about four notes a frame, as the data does."""
-    data = {"train": [_chorale_like(k) for k in range(8)], "valid": [_chorale_like(100 + k) for k in range(2)],
-            "test": [_chorale_like(200 + k) for k in range(2)]}
-    path = _write(tmp / "chorales.json", json.dumps(data))
+    from seqkit_music.data import toy_benchmark
+
+    path = _write(tmp / "chorales.json", json.dumps(toy_benchmark()))
     recipe = _write(tmp / "music.yaml", f"""
 task: piano-roll
 data: {{dataset: jsb, path: {path}}}

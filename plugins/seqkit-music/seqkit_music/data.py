@@ -67,6 +67,21 @@ def roll_from_pitches(frames: Sequence[Iterable[int]], where: str = "") -> np.nd
     return roll
 
 
+def toy_benchmark(pieces: tuple[int, int, int] = (8, 2, 2), frames: int = 24) -> dict[str, list[list[list[int]]]]:
+    """A tiny JSB-format benchmark (train/valid/test lists of pitch lists) for smoke runs and
+    tests: four voices moving by small random steps around C major, fixed seeds."""
+    def piece(seed: int) -> list[list[int]]:
+        rng = np.random.default_rng(seed)
+        voices, out = np.array([48, 55, 64, 72]), []
+        for _ in range(frames):
+            voices = np.clip(voices + rng.integers(-2, 3, size=4), 36, 84)
+            out.append(sorted(int(v) for v in voices))
+        return out
+
+    return {split: [piece(base + k) for k in range(count)]
+            for split, base, count in zip(("train", "valid", "test"), (0, 100, 200), pieces, strict=True)}
+
+
 def _limit(pieces: list[np.ndarray], limit: int) -> list[np.ndarray]:
     return pieces[:limit] if limit > 0 else pieces
 

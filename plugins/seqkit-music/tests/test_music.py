@@ -39,6 +39,7 @@ from seqkit_music.data import (
     read_benchmark,
     roll_from_pitches,
     split_of,
+    toy_benchmark,
     tune_tokens,
 )
 from seqkit_music.melody import Melody
@@ -61,23 +62,10 @@ def plugin(tmp_path, monkeypatch):
         yield
 
 
-def _chorale_like(seed: int, frames: int = 24) -> list[list[int]]:
-    """Four voices moving by small steps around C major, as a JSB-style list of pitch lists."""
-    rng = np.random.default_rng(seed)
-    voices = np.array([48, 55, 64, 72])
-    out = []
-    for _ in range(frames):
-        voices = np.clip(voices + rng.integers(-2, 3, size=4), 36, 84)
-        out.append(sorted(int(v) for v in voices))
-    return out
-
-
 @pytest.fixture
 def jsb_file(tmp_path) -> Path:
-    data = {"train": [_chorale_like(k) for k in range(8)], "valid": [_chorale_like(100 + k) for k in range(2)],
-            "test": [_chorale_like(200 + k) for k in range(2)]}
     path = tmp_path / "tiny.json"
-    path.write_text(json.dumps(data), encoding="utf-8")
+    path.write_text(json.dumps(toy_benchmark()), encoding="utf-8")
     return path
 
 
