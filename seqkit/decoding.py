@@ -72,7 +72,7 @@ def held_out_check(lines: Sequence[str], held_out: Iterable[str]) -> tuple[list[
     words joined by single spaces), and counts that say what was removed."""
     held = {" ".join(s.split()) for s in held_out if s.strip()}
     kept = [line for line in lines if " ".join(line.split()) not in held]
-    left = sum(" ".join(line.split()) in held for line in kept)  # 0 by construction; recorded as the proof
+    left = sum(" ".join(line.split()) in held for line in kept)  # recounted on what is kept (so 0), for the record
     return kept, {"lines": len(lines), "removed_lines": len(lines) - len(kept), "kept_lines": len(kept),
                   "held_out_sentences": len(held), "held_out_sentences_in_lm_text": left,
                   "words": sum(len(line.split()) for line in kept)}
