@@ -11,7 +11,7 @@ import pytest
 
 import seqkit
 from seqkit.errors import SeqkitError
-from seqkit.features.lexicon import KINDS, Lexicon, load_lexicon
+from seqkit.features.lexicon import KINDS, Lexicon, load_lexicon, segment_features
 
 B, M, E, S = 1, 2, 4, 8
 
@@ -93,7 +93,7 @@ device: cpu
     tagger = seqkit.load(tmp_path / "with")  # the loaded model computes the features again
     place = unseen[0]
     assert tagger.tag(f"甲{place}乙")["entities"] == [{"type": "LOC", "text": place, "start": 1, "end": 1 + len(place)}]
-    with pytest.raises(SeqkitError, match="word-list features"):
+    with pytest.raises(SeqkitError, match="word features"):
         tagger.export_spec()
 
 
@@ -103,3 +103,41 @@ def test_lexicon_ids_are_none_without_a_lexicon():
     vocab = TextVocab.build([(list("ab"), ["O", "O"])], TokenFeatures(), "chars")
     assert vocab.lexicon is None and vocab.lexicon_ids([list("ab")]) is None
     assert isinstance(load_lexicon("jieba"), Lexicon)
+
+
+def test_the_segmenter_column_places_each_character_in_jiebas_word_with_its_kind():
+    # 4 * place (0 begin, 1 middle, 2 end, 3 single) + kind (0 word, 1 person, 2 place, 3 organisation)
+    ids = segment_features(list("张三在北京大学工作"))
+    assert ids == [0 * 4 + 1, 2 * 4 + 1,  # 张三: a person name (jieba's HMM; no dictionary lists it)
+                   3 * 4 + 0,  # 在: a word by itself
+                   0 * 4 + 3, 1 * 4 + 3, 1 * 4 + 3, 2 * 4 + 3,  # 北京大学: an organisation
+                   0, 2 * 4]  # 工作: a word
+    assert segment_features(["m2", "北", "京"]) == [0, 0 * 4 + 2, 2 * 4 + 2]  # NFKC: ㎡ -> m2, one id
+    with pytest.raises(SeqkitError, match="not a segmenter"):
+        segment_features(list("北京"), "pkuseg")
+
+
+def test_a_tagger_with_a_segmenter_saves_loads_and_tags(tmp_path):
+    rng = random.Random(1)
+    _corpus(tmp_path / "train.conll", ["北京", "上海", "南京"], rng, 60, "春夏秋冬")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("""
+task: tagging
+data: {dataset: conll, train: train.conll, valid: train.conll, tokenize: chars}
+features: {embedding_dim: 8, lexicon: jieba, segmenter: jieba, lexicon_dim: 4}
+encoder: {cell: lstm, num_layers: 1, hidden_size: 16, bidirectional: true}
+head: {name: tagger, crf: true}
+train: {epochs: 1, batch_size: 16, seed: 1, threads: 1}
+device: cpu
+""", encoding="utf-8")
+    seqkit.run_recipe(seqkit.Recipe.load(recipe), tmp_path / "run", progress=False, log=lambda m: None)
+    vocab = json.loads((tmp_path / "run" / "vocab" / "vocab.json").read_text())
+    assert (vocab["lexicon"], vocab["segmenter"]) == ("jieba", "jieba")
+    tagger = seqkit.load(tmp_path / "run")
+    assert len(tagger.embed.lexicon) == len(KINDS) + 1  # the word list's columns, then the segmenter's
+    assert tagger.vocab.lexicon_ids([list("北京")])[0][0] == [B | S, 0, B | S, 0, 0 * 4 + 2]  # 北 is listed alone too
+    assert len(tagger.tag("他去了北京")["tags"]) == 5
+    with pytest.raises(SeqkitError, match="features.segmenter: jieba"):
+        tagger.export_spec()
+    with pytest.raises(SeqkitError, match="segmenter"):
+        seqkit.Recipe.load(recipe, ["features.segmenter=pkuseg"])

@@ -9,6 +9,11 @@ this Single character. The four bits make one id (0-15) per kind, embedded like 
 The ``jieba`` word list (jieba's ``dict.txt``: 349,046 words with a frequency and a part-of-speech
 tag; ``nr``/``nrt``/``nrfg`` person names, ``ns`` places, ``nt`` organisations) is the default;
 any file of ``word [frequency] [tag]`` lines works (words without a tag count only as words).
+
+A word list only says which words *could* be there. ``segment`` adds what a segmenter decides is
+there (the "softword" feature of Zhang & Yang 2018): jieba's part-of-speech segmentation, whose HMM
+also proposes person and place names that no dictionary lists. Each character gets one more id
+column: its place in its segmented word (B/M/E/S) and that word's kind, 16 ids in all.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ from typing import Sequence
 
 from ..errors import SeqkitError
 
-__all__ = ["KINDS", "Lexicon", "load_lexicon"]
+__all__ = ["KINDS", "SEGMENTERS", "Lexicon", "load_lexicon", "segment_features"]
 
 KINDS = ("word", "person", "place", "organization")  # one id column each, in this order
 _TAG_KIND = {"nr": 1, "nrt": 1, "nrfg": 1, "ns": 2, "nt": 3}
 B, M, E, S = 1, 2, 4, 8
+SEGMENTERS = ("jieba",)
 
 
 class Lexicon:
@@ -84,3 +90,37 @@ def load_lexicon(spec: str, max_len: int = 10) -> Lexicon:
     if not words:
         raise SeqkitError(f"features.lexicon: {path} holds no words")
     return Lexicon(words, spec, max_len)
+
+
+def segment_features(chars: Sequence[str], segmenter: str = "jieba") -> list[int]:
+    """One id per character (0-15): 4 * its place in the segmenter's word (0 begin, 1 middle, 2 end,
+    3 single) + the word's kind (the index in KINDS: any word, person, place, organisation)."""
+    if segmenter not in SEGMENTERS:
+        raise SeqkitError(f"features.segmenter: {segmenter!r} is not a segmenter; known: {', '.join(SEGMENTERS)}")
+    starts, text = [], ""
+    for c in chars:  # tokens are characters, but NFKC can make a few of them longer ("㎡" -> "m2")
+        starts.append(len(text))
+        text += c
+    per_char = [0] * len(text)
+    at = 0
+    for word, flag in _jieba_posseg()(text):
+        kind = _TAG_KIND.get(flag, 0)
+        n = len(word)
+        for j in range(n):
+            place = 3 if n == 1 else 0 if j == 0 else 2 if j == n - 1 else 1
+            per_char[at + j] = 4 * place + kind
+        at += n
+    return [per_char[s] if s < len(per_char) else 0 for s in starts]
+
+
+@functools.lru_cache(maxsize=1)
+def _jieba_posseg():
+    try:
+        import logging
+
+        import jieba
+        import jieba.posseg
+    except ImportError:
+        raise SeqkitError("features.segmenter: jieba needs the jieba package (pip install jieba)") from None
+    jieba.setLogLevel(logging.WARNING)  # not "Building prefix dict..." on every run
+    return lambda text: [(p.word, p.flag) for p in jieba.posseg.cut(text, HMM=True)]

@@ -9,7 +9,7 @@ import json
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Literal, Optional, Sequence
 
 import torch
 from tokenizers import Tokenizer, models, trainers
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import SeqkitError
 from ..recipe import bounded
-from .lexicon import KINDS, load_lexicon
+from .lexicon import KINDS, load_lexicon, segment_features
 
 __all__ = ["TextVocab", "TokenEmbedder", "TokenFeatures", "split_text"]
 
@@ -35,7 +35,8 @@ class TokenFeatures:
     dropout: float = bounded(0.0, ge=0, lt=1)  # on the embeddings
     lowercase: bool = False
     lexicon: Optional[str] = None  # jieba, or a word-list file: per-character word/person/place/org B-M-E-S ids
-    lexicon_dim: int = bounded(8, ge=1)  # embedding of each of the lexicon's 4 id columns
+    segmenter: Optional[Literal["jieba"]] = None  # per char: B-M-E-S place + word kind in jieba's segmentation
+    lexicon_dim: int = bounded(8, ge=1)  # embedding of each word-feature id column (lexicon: 4, segmenter: 1)
 
 PAD, UNK = "[PAD]", "[UNK]"
 BOS, EOS = "<s>", "</s>"  # sentence edges for bigrams
@@ -78,9 +79,11 @@ class TextVocab:
         tokenize: str = "chars",
         lowercase: bool = False,
         lexicon: Optional[str] = None,
+        segmenter: Optional[str] = None,
     ) -> None:
         self.tokens = tokens
         self.lexicon = lexicon  # features.lexicon of the run (see seqkit.features.lexicon)
+        self.segmenter = segmenter  # features.segmenter of the run
         self.bigrams = bigrams
         self.labels = labels
         self.label_index = {t: i for i, t in enumerate(labels)}
@@ -107,8 +110,10 @@ class TextVocab:
         tags = sorted({t for _, tags in sentences for t in tags} - {"O"})
         if config.lexicon:
             load_lexicon(config.lexicon)  # a missing word list is an error now, not after training
+        if config.segmenter:
+            segment_features(["字"], config.segmenter)  # an unknown or missing segmenter too
         return cls(tokens, ["O", *tags], bigrams=bigrams, tokenize=tokenize, lowercase=config.lowercase,
-                   lexicon=config.lexicon)
+                   lexicon=config.lexicon, segmenter=config.segmenter)
 
     def encode(self, batch: Sequence[Sequence[str]]) -> tuple[list[list[int]], Optional[list[list[int]]]]:
         """Token ids (and bigram ids) for pre-tokenised sentences."""
@@ -122,13 +127,26 @@ class TextVocab:
         # an empty sentence encodes to [] (tokenizers returns no ids for it)
         return ids, big
 
+    @property
+    def word_columns(self) -> int:
+        """How many word-feature id columns each token has: 4 for a lexicon, 1 for a segmenter."""
+        return (len(KINDS) if self.lexicon else 0) + (1 if self.segmenter else 0)
+
     def lexicon_ids(self, batch: Sequence[Sequence[str]]) -> Optional[list[list[list[int]]]]:
-        """(L, 4) word-list ids of each sentence (see :mod:`seqkit.features.lexicon`), or None
-        when the run has no lexicon."""
-        if not self.lexicon:
+        """(L, word_columns) word-feature ids of each sentence: the word list's 4 columns, then the
+        segmenter's (see :mod:`seqkit.features.lexicon`); None when the run has neither."""
+        if not self.word_columns:
             return None
-        lexicon, norm = load_lexicon(self.lexicon), _normaliser(self.lowercase)
-        return [lexicon.features([norm(t) for t in words]) for words in batch]
+        norm = _normaliser(self.lowercase)
+        lexicon = load_lexicon(self.lexicon) if self.lexicon else None
+        out = []
+        for words in batch:
+            normed = [norm(t) for t in words]
+            rows = lexicon.features(normed) if lexicon else [[] for _ in normed]
+            if self.segmenter:
+                rows = [row + [seg] for row, seg in zip(rows, segment_features(normed, self.segmenter))]
+            out.append(rows)
+        return out
 
     def encode_tags(self, tags: Sequence[str], where: str = "") -> list[int]:
         try:
@@ -144,7 +162,8 @@ class TextVocab:
         if self.bigrams is not None:
             self.bigrams.save(str(folder / "bigrams.json"))
         meta = {"labels": self.labels, "tokenize": self.tokenize, "lowercase": self.lowercase,
-                **({"lexicon": self.lexicon} if self.lexicon else {})}
+                **({"lexicon": self.lexicon} if self.lexicon else {}),
+                **({"segmenter": self.segmenter} if self.segmenter else {})}
         (folder / "vocab.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
 
     @classmethod
@@ -158,6 +177,7 @@ class TextVocab:
             tokenize=meta["tokenize"],
             lowercase=meta["lowercase"],
             lexicon=meta.get("lexicon"),
+            segmenter=meta.get("segmenter"),
         )
 
 
@@ -169,11 +189,12 @@ def _normaliser(lowercase: bool):
 
 
 class TokenEmbedder(nn.Module):
-    """Token embeddings, concatenated with bigram embeddings and word-list id embeddings when the
-    vocabulary has them.
+    """Token embeddings, concatenated with bigram embeddings and word-feature id embeddings (word
+    list, segmenter) when the vocabulary has them.
 
-    Inputs: ``tokens`` (N, L) ids, ``bigrams`` (N, L) ids or None, ``lexicon`` (N, L, 4) ids or None.
-    Outputs: (N, L, E) with E = ``embedding_dim + bigram_dim + 4 * lexicon_dim``.
+    Inputs: ``tokens`` (N, L) ids, ``bigrams`` (N, L) ids or None, ``lexicon`` (N, L, W) ids or None.
+    Outputs: (N, L, E) with E = ``embedding_dim + bigram_dim + W * lexicon_dim``, W the vocabulary's
+    ``word_columns`` (4 for a word list, 1 more for a segmenter).
     """
 
     def __init__(self, vocab: TextVocab, config: TokenFeatures) -> None:
@@ -184,11 +205,11 @@ class TokenEmbedder(nn.Module):
             size = vocab.bigrams.get_vocab_size()
             self.bigrams = nn.Embedding(size, config.bigram_dim, padding_idx=PAD_ID)
         self.lexicon = None
-        if vocab.lexicon:
-            self.lexicon = nn.ModuleList(nn.Embedding(16, config.lexicon_dim) for _ in KINDS)
+        if vocab.word_columns:
+            self.lexicon = nn.ModuleList(nn.Embedding(16, config.lexicon_dim) for _ in range(vocab.word_columns))
         self.dropout = nn.Dropout(config.dropout)
         self.output_size = (config.embedding_dim + (config.bigram_dim if self.bigrams is not None else 0)
-                            + (len(KINDS) * config.lexicon_dim if self.lexicon is not None else 0))
+                            + vocab.word_columns * config.lexicon_dim)
 
     def forward(self, tokens: Tensor, bigrams: Optional[Tensor] = None, lexicon: Optional[Tensor] = None) -> Tensor:
         parts = [self.tokens(tokens)]
@@ -196,6 +217,6 @@ class TokenEmbedder(nn.Module):
             parts.append(self.bigrams(bigrams))
         if self.lexicon is not None:
             if lexicon is None:
-                raise SeqkitError("this model reads word-list features (features.lexicon); pass them")
+                raise SeqkitError("this model reads word features (features.lexicon/segmenter); pass them")
             parts += [embed(lexicon[..., k]) for k, embed in enumerate(self.lexicon)]
         return self.dropout(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])  # (N, L, E)

@@ -47,7 +47,7 @@ class TagBatch:
     lengths: Tensor  # (N,)
     tags: Optional[Tensor]  # (N, L) tag ids, IGNORE at padding
     index: list[int]  # position of each row in the caller's list
-    lexicon: Optional[Tensor] = None  # (N, L, 4) word-list ids (features.lexicon)
+    lexicon: Optional[Tensor] = None  # (N, L, W) word-feature ids (features.lexicon: 4 columns, segmenter: 1)
 
     def to(self, device: torch.device) -> "TagBatch":
         move = (lambda t: None if t is None else t.to(device, non_blocking=True))
@@ -166,8 +166,10 @@ class TaggingModel(nn.Module):
 
         vocab = self.vocab
         if self.embed.lexicon is not None:
-            raise SeqkitError(f"export: this tagger reads word-list features (features.lexicon: {vocab.lexicon}), "
-                              "which the exported runtime does not compute yet; export a tagger without them")
+            options = (("lexicon", vocab.lexicon), ("segmenter", vocab.segmenter))
+            used = ", ".join(f"features.{k}: {v}" for k, v in options if v)
+            raise SeqkitError(f"export: this tagger reads word features ({used}), which the exported runtime "
+                              "does not compute yet; export a tagger without them")
         columns = 2 if self.embed.bigrams is not None else 1
 
         class Graph(ExportGraph):
