@@ -117,6 +117,14 @@ def test_the_segmenter_column_places_each_character_in_jiebas_word_with_its_kind
         segment_features(list("北京"), "pkuseg")
 
 
+def test_a_segmenter_without_a_word_list_is_one_column():
+    from seqkit.features.text import TextVocab, TokenFeatures
+
+    vocab = TextVocab.build([(list("ab"), ["O", "O"])], TokenFeatures(segmenter="jieba"), "chars")
+    assert vocab.word_columns == 1
+    assert vocab.lexicon_ids([list("张三在北京")]) == [[[1], [9], [12], [2], [10]]]
+
+
 def test_a_tagger_with_a_segmenter_saves_loads_and_tags(tmp_path):
     rng = random.Random(1)
     _corpus(tmp_path / "train.conll", ["北京", "上海", "南京"], rng, 60, "春夏秋冬")

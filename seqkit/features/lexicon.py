@@ -110,7 +110,7 @@ def segment_features(chars: Sequence[str], segmenter: str = "jieba") -> list[int
             place = 3 if n == 1 else 0 if j == 0 else 2 if j == n - 1 else 1
             per_char[at + j] = 4 * place + kind
         at += n
-    return [per_char[s] if s < len(per_char) else 0 for s in starts]
+    return [per_char[s] if s < len(per_char) else 0 for s in starts]  # an empty last token: 0
 
 
 @functools.lru_cache(maxsize=1)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from ..errors import SeqkitError
 from ..recipe import bounded
-from .lexicon import KINDS, load_lexicon, segment_features
+from .lexicon import KINDS, SEGMENTERS, load_lexicon, segment_features
 
 __all__ = ["TextVocab", "TokenEmbedder", "TokenFeatures", "split_text"]
 
@@ -35,7 +35,7 @@ class TokenFeatures:
     dropout: float = bounded(0.0, ge=0, lt=1)  # on the embeddings
     lowercase: bool = False
     lexicon: Optional[str] = None  # jieba, or a word-list file: per-character word/person/place/org B-M-E-S ids
-    segmenter: Optional[Literal["jieba"]] = None  # per char: B-M-E-S place + word kind in jieba's segmentation
+    segmenter: Optional[Literal[SEGMENTERS]] = None  # per char: B-M-E-S place + word kind in jieba's segmentation
     lexicon_dim: int = bounded(8, ge=1)  # embedding of each word-feature id column (lexicon: 4, segmenter: 1)
 
 PAD, UNK = "[PAD]", "[UNK]"
