@@ -357,9 +357,11 @@ def test_reused_memory_is_not_faulted_in_again() -> None:
         applied, faults = proc.stdout.split()
         runs[flag] = (applied, int(faults))
     assert runs["0"][0] == "False" and runs["1"][0] == "True"
-    # kept: a block or two faulted in, then reused; by default every block is faulted in afresh
-    # (the ratio, not a count: with transparent huge pages a block takes far fewer faults)
-    assert runs["1"][1] * 4 < runs["0"][1], runs
+    # kept: a few blocks faulted in, then reused; by default every block is faulted in afresh.
+    # The ratio, not a count: with transparent huge pages a block takes far fewer faults, and how
+    # many blocks are faulted in before reuse varies by machine (1-2 here, 6 of 20 on one CI machine:
+    # {'0': 327700, '1': 98304}); without the setting the ratio is about 1.
+    assert runs["1"][1] * 2 < runs["0"][1], runs
 
 
 def ema_of(run_dir: Path) -> dict[str, torch.Tensor]:
