@@ -177,6 +177,7 @@ class Classifier(nn.Module):
         self.multi_label = recipe.head.multi_label
         self.embed = nn.Embedding(len(vocab.tokens), opts.embedding_dim, padding_idx=0)
         self.embed_drop = nn.Dropout(opts.embedding_dropout)
+        self.word_dropout = opts.word_dropout
         self.encoder = build_encoder(recipe, opts.embedding_dim)
         h = recipe.head
         self.head = head_class(recipe)(self.encoder.output_size, len(vocab.labels), pool=h.pool, heads=h.heads,
@@ -188,7 +189,10 @@ class Classifier(nn.Module):
         return self.embed, self.vocab.tokens
 
     def logits(self, batch: Batch) -> tuple[Tensor, Optional[Tensor]]:
-        out, _ = self.encoder(self.embed_drop(self.embed(batch.ids)), batch.lengths)
+        ids = batch.ids
+        if self.training and self.word_dropout > 0:  # words (not padding) become <unk> (id 1) at random
+            ids = ids.masked_fill((torch.rand(ids.shape, device=ids.device) < self.word_dropout) & (ids > 1), 1)
+        out, _ = self.encoder(self.embed_drop(self.embed(ids)), batch.lengths)
         return self.head(out, batch.lengths)
 
     def forward(self, batch: Batch, state=None) -> ModelOutput:
@@ -310,6 +314,7 @@ def batches(ids, targets, size: int, **order) -> list[Batch]:
 class ClassifyOptions:
     embedding_dim: int = seqkit.bounded(128, ge=1)
     embedding_dropout: float = seqkit.bounded(0.0, ge=0, lt=1)  # on the embedded words
+    word_dropout: float = seqkit.bounded(0.0, ge=0, lt=1)  # in training, words become <unk> with this probability
     min_count: int = seqkit.bounded(1, ge=1)  # rarer training words become <unk>
     max_vocab: int = seqkit.bounded(0, ge=0)  # 0: no cap
     lowercase: bool = True

@@ -190,3 +190,24 @@ def test_exported_classifier_classifies_as_the_model(recipe, tmp_path, pool, fmt
         assert a["label"] == b["label"] and a["tokens"] == b["tokens"]
         assert a["probs"] == pytest.approx(b["probs"], abs=2e-4)
         assert a.get("attention") == pytest.approx(b.get("attention"), abs=2e-4)
+
+
+def test_word_dropout_turns_words_not_padding_into_unk_in_training_only(recipe):
+    from seqkit_classify.model import Classifier, make_batch
+
+    vocab = Vocab(["<pad>", "<unk>", "a", "b"], ["x"])
+    model = Classifier(seqkit.Recipe.load(recipe, ["task.word_dropout=0.5"]), vocab)
+    seen = []
+    model.embed.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    batch = make_batch([[2, 3] * 200, [3, 2] * 50], [0, 0])
+    torch.manual_seed(0)
+    model.train()
+    model.logits(batch)
+    model.eval()
+    model.logits(batch)
+    dropped, kept = seen
+    assert torch.equal(kept, batch.ids)  # evaluation sees every word
+    assert torch.all(dropped[1, 100:] == 0)  # padding stays padding
+    real = batch.ids > 0
+    assert torch.equal(dropped[real & (dropped != 1)], batch.ids[real & (dropped != 1)])  # the rest unchanged
+    assert 0.4 < float((dropped[real] == 1).float().mean()) < 0.6
