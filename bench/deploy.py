@@ -5,11 +5,15 @@ several client threads on one model, and streaming transcription (CER, chunk-to-
     python bench/deploy.py export runs/ctc-stream           # speech model: the same
     python bench/deploy.py threads runs/msra                # 1, 2, 4 client threads sharing one model
     python bench/deploy.py stream runs/ctc-stream           # streaming CER and latency, 100 ms chunks
+    python bench/deploy.py batching runs/msra               # tag() one sentence a call vs 32 a call
 
 Each figure is end to end, as an app sees it: text to entities (tokenising, network, Viterbi)
 or waveform to text (log-mel features, network, greedy CTC). ``export`` and ``stream`` use one
 intra-op thread (``--threads``) for torch and for ONNX Runtime alike; ``threads`` gives each of
-the client threads' calls that many. Run it with nothing else on the machine.
+the client threads' calls that many. ``batching`` is the most that micro-batching (``seqkit
+serve``) can gain for a tagger, with no HTTP at all: sentences per second tagged one per call
+against ``--batch`` per call (default 64; 32 is the server's ``--max-batch``). Run it with
+nothing else on the machine.
 """
 
 from __future__ import annotations
@@ -148,14 +152,35 @@ def bench_stream(run: Path, limit: int, threads: int, chunk_ms: int) -> dict:
     return result
 
 
+def bench_batching(run: Path, limit: int, threads: int, batch: int) -> dict:
+    model = seqkit.load(run, threads=threads)
+    kind, items = _inputs(model, limit)
+    if kind != "sentences":
+        raise SystemExit("batching: a tagging run is needed")
+    model.tag(items[:batch])  # warm-up
+    started = time.perf_counter()
+    for item in items:
+        model.tag(item)
+    one = len(items) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for start in range(0, len(items), batch):
+        model.tag(items[start: start + batch])
+    many = len(items) / (time.perf_counter() - started)
+    result = {"run": str(run), "threads": threads, "sentences": len(items), "batch": batch,
+              "one_per_call_per_s": round(one, 1), "batched_per_s": round(many, 1), "ratio": round(many / one, 2)}
+    print(f"{len(items)} sentences, {threads} thread(s): {result['one_per_call_per_s']}/s one per call, "
+          f"{result['batched_per_s']}/s {batch} per call: {result['ratio']}x")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python bench/deploy.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["export", "threads", "stream"])
+    parser.add_argument("what", choices=["export", "threads", "stream", "batching"])
     parser.add_argument("run", type=Path)
     parser.add_argument("--limit", type=int, default=300, help="test items (default 300)")
     parser.add_argument("--threads", type=int, default=1, help="torch's (and onnxruntime's) intra-op threads "
                                                                 "(default 1)")
-    parser.add_argument("--batch", type=int, default=64, help="the throughput batch (export; default 64)")
+    parser.add_argument("--batch", type=int, default=64, help="the throughput batch (export, batching; default 64)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], help="client threads (threads)")
     parser.add_argument("--rounds", type=int, default=1, help="passes over the items per client count (threads)")
     parser.add_argument("--chunk-ms", type=int, default=100, help="streamed chunk (stream; default 100)")
@@ -165,6 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = bench_export(args.run, args.limit, args.threads, args.batch)
     elif args.what == "threads":
         result = bench_threads(args.run, args.limit, args.clients, args.rounds, args.threads)
+    elif args.what == "batching":
+        result = bench_batching(args.run, args.limit, args.threads, args.batch)
     else:
         result = bench_stream(args.run, args.limit, args.threads, args.chunk_ms)
     if args.json:

@@ -3,6 +3,7 @@
     python bench/serve.py                          # runs/msra, 1/8/32 clients, 400 requests per level
     python bench/serve.py runs/msra --seconds 20 --clients 1,8,32,64 --json serve.json
     python bench/serve.py runs/x --requests 16     # a quick check that it runs end to end
+    python bench/serve.py runs/msra --client wrk --seconds 15   # the load from wrk (apt-get install wrk)
 
 Starts `seqkit serve RUN` on a free loopback port twice, once as is (--max-batch 32, micro-batching
 on) and once with --max-batch 1 (every request its own model call). At each concurrency level the
@@ -10,7 +11,10 @@ clients (asyncio + httpx, one connection each) send /tag requests of one sentenc
 sentences for an MSRA run, else a few fixed sentences) until the level's requests (or seconds) are
 done; then throughput (requests/s) and p50/p99 latency are printed, and at the end the ratio of
 the two throughputs at the highest level. The clients run on the same machine and take CPU from
-the server: take numbers with nothing else running, and say how many cores there were.
+the server: take numbers with nothing else running, and say how many cores there were. With
+``--client wrk`` the load comes from wrk (one thread, C, with a Lua script that cycles through the
+same sentences), which takes far less CPU than Python clients; each level then runs for
+``--seconds`` (default 15) after a 3-second warm-up.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import select
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -111,6 +118,32 @@ async def level(url: str, texts: list[str], clients: int, requests: int, seconds
             "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1)}
 
 
+def _wrk_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
+    return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 1)
+
+
+def level_wrk(url: str, texts: list[str], clients: int, seconds: float) -> dict:
+    """The same level with wrk as the load: ``clients`` connections from one wrk thread."""
+    bodies = ",\n".join("[==[" + json.dumps({"text": t}, ensure_ascii=False) + "]==]" for t in texts)
+    script = ("bodies = {\n" + bodies + "\n}\ncounter = 0\nrequest = function()\n  counter = counter + 1\n"
+              '  return wrk.format("POST", "/tag", {["Content-Type"] = "application/json"}, '
+              "bodies[(counter % #bodies) + 1])\nend\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", encoding="utf-8") as lua:
+        lua.write(script)
+        lua.flush()
+        base = ["wrk", "-t1", f"-c{clients}", "-s", lua.name]
+        subprocess.run([*base, "-d3s", url], capture_output=True, check=True)  # warm-up
+        out = subprocess.run([*base, f"-d{max(1, round(seconds))}s", "--latency", url],
+                             capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"clients": clients, "requests": requests, "errors": int(errors.group(1)) if errors else 0,
+            "seconds": round(seconds), "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": _wrk_ms(re.search(r"50%\s+(\S+)", out).group(1)),
+            "p99_ms": _wrk_ms(re.search(r"99%\s+(\S+)", out).group(1))}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python bench/serve.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, nargs="?", default=ROOT / "runs" / "msra",
@@ -119,15 +152,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--requests", type=int, default=400, help="requests per level (default 400)")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per level instead of --requests")
     parser.add_argument("--threads", type=int, default=0, help="the server's torch threads (default: torch's)")
+    parser.add_argument("--client", choices=["httpx", "wrk"], default="httpx",
+                        help="the load generator: Python asyncio + httpx (default) or wrk")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.client == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("--client wrk: the wrk program is not installed (apt-get install wrk)")
     levels = [int(c) for c in args.clients.split(",")]
     texts = sentences(args.run)
-    result: dict = {"run": str(args.run), "sentences": len(texts), "cores": os.cpu_count(), "modes": {}}
+    result: dict = {"run": str(args.run), "sentences": len(texts), "cores": os.cpu_count(), "client": args.client,
+                    "modes": {}}
     for mode, extra in (("micro-batching", []), ("max-batch 1", ["--max-batch", "1"])):
         proc, url = start(args.run, extra, args.threads)
         try:
-            rows = [asyncio.run(level(url, texts, c, args.requests, args.seconds)) for c in levels]
+            if args.client == "wrk":
+                rows = [level_wrk(url, texts, c, args.seconds or 15) for c in levels]
+            else:
+                rows = [asyncio.run(level(url, texts, c, args.requests, args.seconds)) for c in levels]
         finally:
             stop(proc)
         result["modes"][mode] = rows
