@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", default="1,8,32", help="concurrency levels, comma-separated (default 1,8,32)")
     parser.add_argument("--requests", type=int, default=400, help="requests per level (default 400)")
     parser.add_argument("--seconds", type=float, default=None, help="seconds per level instead of --requests")
-    parser.add_argument("--threads", type=int, default=0, help="the server's torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="the server's --threads (default 0: not passed, so the server's own default, 1)")
     parser.add_argument("--client", choices=["httpx", "wrk"], default="httpx",
                         help="the load generator: Python asyncio + httpx (default) or wrk")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
