@@ -359,8 +359,9 @@ def test_reused_memory_is_not_faulted_in_again() -> None:
     assert runs["0"][0] == "False" and runs["1"][0] == "True"
     # kept: a few blocks faulted in, then reused; by default every block is faulted in afresh.
     # The ratio, not a count: with transparent huge pages a block takes far fewer faults, and how
-    # many blocks are faulted in before reuse varies by machine (1-2 here, 6 of 20 on one CI machine:
-    # {'0': 327700, '1': 98304}); without the setting the ratio is about 1.
+    # many blocks are faulted in before reuse varies by machine: 2 of 20 on the dev VM (32,768
+    # faults against 327,700), 6 of 20 on one CI machine (98,304 against 327,700). Without the
+    # setting the ratio is about 1.
     assert runs["1"][1] * 2 < runs["0"][1], runs
 
 
