@@ -9,11 +9,31 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from typing import Any, Sequence, Union
 
 import numpy as np
 
 _TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # as seqkit_classify.model.tokenize
+
+
+def char_ngrams(token: str, buckets: int, low: int, high: int) -> list[int]:
+    """The character n-grams (``low``..``high`` characters) of ``<token>``, as fastText cuts them,
+    each hashed with CRC-32 into 1..buckets (0 is padding); sorted, one id per distinct n-gram.
+    seqkit_classify.model uses this same function, so the exported model hashes as it trained."""
+    word = f"<{token}>"
+    grams = {word[i: i + n] for n in range(low, high + 1) for i in range(len(word) - n + 1)}
+    return sorted(zlib.crc32(g.encode("utf-8")) % buckets + 1 for g in grams)
+
+
+def pad_ngrams(rows: Sequence[Sequence[Sequence[int]]], longest: int) -> np.ndarray:
+    """(N, L, K) int64 n-gram ids from each text's list of per-token id lists, zero-padded."""
+    width = max((len(g) for row in rows for g in row), default=0) or 1
+    out = np.zeros((len(rows), longest, width), dtype=np.int64)
+    for r, row in enumerate(rows):
+        for t, grams in enumerate(row):
+            out[r, t, : len(grams)] = grams
+    return out
 
 
 def load(graph: Any) -> "Classifier":
@@ -30,6 +50,7 @@ class Classifier:
         self.tokens, self.labels = info["tokens"], info["labels"]
         self.lowercase, self.multi_label = info["lowercase"], info["multi_label"]
         self.index = {t: i for i, t in enumerate(self.tokens)}
+        self.subwords = info.get("subwords")  # [buckets, low, high] or None
 
     def _encode(self, text: str) -> tuple[list[str], list[int]]:
         toks = _TOKEN.findall(text.lower() if self.lowercase else text) or ["<unk>"]
@@ -46,7 +67,11 @@ class Classifier:
             ids = np.zeros((len(chunk), int(lengths.max())), dtype=np.int64)
             for row, (_, seq) in enumerate(encoded):
                 ids[row, : len(seq)] = seq
-            probs, *attention = self.graph.run({"ids": ids, "lengths": lengths})
+            feed = {"ids": ids, "lengths": lengths}
+            if self.subwords:
+                feed["grams"] = pad_ngrams([[char_ngrams(t, *self.subwords) for t in toks] for toks, _ in encoded],
+                                           ids.shape[1])
+            probs, *attention = self.graph.run(feed)
             for row, (toks, _) in enumerate(encoded):
                 p = {label: round(float(probs[row, i]), 4) for i, label in enumerate(self.labels)}
                 label: Any = [k for k, v in p.items() if v > 0.5] if self.multi_label else max(p, key=p.get)

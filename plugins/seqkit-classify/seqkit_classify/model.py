@@ -39,6 +39,7 @@ from seqkit.tasks import (
 )
 
 from .data import TASK, Examples
+from .export_runtime import char_ngrams, pad_ngrams
 
 PAD, UNK = "<pad>", "<unk>"
 _TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
@@ -57,19 +58,31 @@ class Vocab:
     tokens: list[str]  # index -> token; 0 is <pad>, 1 is <unk>
     labels: list[str]
     lowercase: bool = True
+    subwords: Optional[list[int]] = None  # [buckets, low, high]: hashed character n-grams of each word
 
     def __post_init__(self) -> None:
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.label_index = {label: i for i, label in enumerate(self.labels)}
+        self._grams: dict[str, list[int]] = {}
+
+    def grams(self, toks: list[str]) -> Optional[list[list[int]]]:
+        """Each token's hashed character n-gram ids (None without subwords); unseen words get them too."""
+        if not self.subwords:
+            return None
+        for t in toks:
+            if t not in self._grams:
+                self._grams[t] = char_ngrams(t, *self.subwords)
+        return [self._grams[t] for t in toks]
 
     @classmethod
-    def build(cls, data: Examples, min_count: int, max_vocab: int, lowercase: bool) -> "Vocab":
+    def build(cls, data: Examples, min_count: int, max_vocab: int, lowercase: bool,
+              subwords: Optional[list[int]] = None) -> "Vocab":
         counts = Counter(t for text in data.texts for t in tokenize(text, lowercase))
         words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         if max_vocab:
             words = words[:max_vocab]
         labels = sorted({lab for item in data.labels for lab in (item if isinstance(item, list) else [item])})
-        return cls([PAD, UNK, *words], labels, lowercase)
+        return cls([PAD, UNK, *words], labels, lowercase, subwords)
 
     def encode(self, text: str) -> tuple[list[str], list[int]]:
         toks = tokenize(text, self.lowercase) or [UNK]
@@ -77,13 +90,14 @@ class Vocab:
 
     def save(self, folder: Path) -> None:
         (folder / "classify_vocab.json").write_text(json.dumps(
-            {"tokens": self.tokens, "labels": self.labels, "lowercase": self.lowercase}, ensure_ascii=False),
+            {"tokens": self.tokens, "labels": self.labels, "lowercase": self.lowercase, "subwords": self.subwords},
+            ensure_ascii=False),
             encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path) -> "Vocab":
         raw = json.loads((folder / "classify_vocab.json").read_text(encoding="utf-8"))
-        return cls(raw["tokens"], raw["labels"], raw["lowercase"])
+        return cls(raw["tokens"], raw["labels"], raw["lowercase"], raw.get("subwords"))
 
 
 # -- batches -----------------------------------------------------------------------------------
@@ -94,9 +108,11 @@ class Batch:
     ids: Tensor  # (N, L)
     lengths: Tensor  # (N,)
     targets: Optional[Tensor]  # (N,) class indices, or (N, C) 0/1 when multi-label
+    grams: Optional[Tensor] = None  # (N, L, K) character n-gram ids of each token, 0-padded (task.subwords)
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(self.ids.to(device), self.lengths, None if self.targets is None else self.targets.to(device))
+        return Batch(self.ids.to(device), self.lengths, None if self.targets is None else self.targets.to(device),
+                     None if self.grams is None else self.grams.to(device))
 
     @property
     def num_items(self) -> int:
@@ -106,12 +122,13 @@ class Batch:
         return len(self.lengths)
 
 
-def make_batch(ids: list[list[int]], targets: Optional[list]) -> Batch:
+def make_batch(ids: list[list[int]], targets: Optional[list], grams: Optional[list] = None) -> Batch:
     lengths = torch.tensor([len(x) for x in ids])
     padded = torch.zeros(len(ids), int(lengths.max()), dtype=torch.long)
     for row, seq in enumerate(ids):
         padded[row, : len(seq)] = torch.tensor(seq)
-    return Batch(padded, lengths, None if targets is None else torch.tensor(targets))
+    return Batch(padded, lengths, None if targets is None else torch.tensor(targets),
+                 None if grams is None else torch.from_numpy(pad_ngrams(grams, padded.size(1))))
 
 
 # -- heads -------------------------------------------------------------------------------------
@@ -176,6 +193,8 @@ class Classifier(nn.Module):
         opts = recipe.task
         self.multi_label = recipe.head.multi_label
         self.embed = nn.Embedding(len(vocab.tokens), opts.embedding_dim, padding_idx=0)
+        # fastText-style subwords: a word's vector is the mean of its own row and its n-grams' rows
+        self.grams = nn.Embedding(vocab.subwords[0] + 1, opts.embedding_dim, padding_idx=0) if vocab.subwords else None
         self.embed_drop = nn.Dropout(opts.embedding_dropout)
         self.word_dropout = opts.word_dropout
         self.encoder = build_encoder(recipe, opts.embedding_dim)
@@ -188,11 +207,20 @@ class Classifier(nn.Module):
         """For ``encoder.init_from``: the token embedding and its tokens (a seqkit LM's rows are copied)."""
         return self.embed, self.vocab.tokens
 
+    def embed_tokens(self, ids: Tensor, grams: Optional[Tensor]) -> Tensor:
+        """(N, L, E): each token's row, averaged with its character n-grams' rows when there are any."""
+        vectors = self.embed(ids)
+        if self.grams is None:
+            return vectors
+        count = 1 + (grams > 0).sum(-1, keepdim=True)  # (N, L, 1)
+        return (vectors + self.grams(grams).sum(-2)) / count
+
     def logits(self, batch: Batch) -> tuple[Tensor, Optional[Tensor]]:
         ids = batch.ids
-        if self.training and self.word_dropout > 0:  # words (not padding) become <unk> (id 1) at random
+        if self.training and self.word_dropout > 0:  # words (not padding) become <unk> (id 1) at random;
+            # their n-grams stay, as an unseen test word's do
             ids = ids.masked_fill((torch.rand(ids.shape, device=ids.device) < self.word_dropout) & (ids > 1), 1)
-        out, _ = self.encoder(self.embed_drop(self.embed(ids)), batch.lengths)
+        out, _ = self.encoder(self.embed_drop(self.embed_tokens(ids, batch.grams)), batch.lengths)
         return self.head(out, batch.lengths)
 
     def forward(self, batch: Batch, state=None) -> ModelOutput:
@@ -234,7 +262,8 @@ class Classifier(nn.Module):
         for start in range(0, len(items), batch_size):
             chunk = items[start: start + batch_size]
             encoded = [self.vocab.encode(t) for t in chunk]
-            logits, weights = self.logits(make_batch([ids for _, ids in encoded], None).to(device))
+            grams = [self.vocab.grams(t) for t, _ in encoded] if self.vocab.subwords else None
+            logits, weights = self.logits(make_batch([ids for _, ids in encoded], None, grams).to(device))
             probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
             for row, (toks, _) in enumerate(encoded):
                 p = {label: round(float(probs[row, i]), 4) for i, label in enumerate(self.vocab.labels)}
@@ -250,29 +279,42 @@ class Classifier(nn.Module):
 
 
     def export_spec(self) -> Any:
-        """What ``seqkit export`` writes: ids (N, L) and lengths (N,) in; class probabilities
-        (N, C) and, with attention pooling, the weights (N, heads, L) out; this plugin's
-        export_runtime.py tokenises and labels with numpy."""
+        """What ``seqkit export`` writes: ids (N, L), lengths (N,) and, with ``task.subwords``, the
+        n-gram ids (N, L, K) in; class probabilities (N, C) and, with attention pooling, the weights
+        (N, heads, L) out; this plugin's export_runtime.py tokenises, hashes and labels with numpy."""
         from seqkit.export import ExportGraph, ExportSpec, random_lengths
 
         class Graph(ExportGraph):
             def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
-                out, _ = self.encoder(self.model.embed(ids), lengths)
+                return self.run(self.model.embed(ids), lengths)
+
+            def run(self, vectors: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
+                out, _ = self.encoder(vectors, lengths)
                 logits, weights = self.model.head(out, lengths)
                 probs = logits.sigmoid() if self.model.multi_label else logits.softmax(-1)
                 return (probs,) if weights is None else (probs, weights)
 
+        class SubwordGraph(Graph):
+            def forward(self, ids: Tensor, lengths: Tensor, grams: Tensor) -> tuple[Tensor, ...]:
+                return self.run(self.model.embed_tokens(ids, grams), lengths)
+
         def sample(gen: torch.Generator) -> dict[str, Tensor]:
             n, longest = int(torch.randint(2, 9, (1,), generator=gen)), int(torch.randint(2, 40, (1,), generator=gen))
-            return {"ids": torch.randint(0, len(self.vocab.tokens), (n, longest), generator=gen),
-                    "lengths": random_lengths(gen, n, longest)}
+            inputs = {"ids": torch.randint(0, len(self.vocab.tokens), (n, longest), generator=gen),
+                      "lengths": random_lengths(gen, n, longest)}
+            if self.vocab.subwords:  # some ids are 0: fewer n-grams than the widest token
+                inputs["grams"] = torch.randint(0, self.vocab.subwords[0] + 1, (n, longest, 7), generator=gen)
+            return inputs
 
         info = {"tokens": self.vocab.tokens, "labels": self.vocab.labels, "lowercase": self.vocab.lowercase,
-                "multi_label": self.multi_label}
+                "multi_label": self.multi_label, "subwords": self.vocab.subwords}
         outputs = ["probs"] + (["attention"] if self.head.pool == "attention" else [])
-        return ExportSpec(build=functools.partial(Graph, self), inputs=sample(torch.Generator().manual_seed(1)),
-                          outputs=outputs,
-                          dynamic={"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}, sample=sample,
+        dynamic = {"ids": {0: "batch", 1: "length"}, "lengths": {0: "batch"}}
+        if self.vocab.subwords:
+            dynamic["grams"] = {0: "batch", 1: "length", 2: "grams"}
+        return ExportSpec(build=functools.partial(SubwordGraph if self.vocab.subwords else Graph, self),
+                          inputs=sample(torch.Generator().manual_seed(1)), outputs=outputs, dynamic=dynamic,
+                          sample=sample,
                           files={"classify.json": info, "classify_runtime.py": Path(__file__).with_name(
                               "export_runtime.py")},
                           manifest={"runtime_module": "classify_runtime.py"})
@@ -281,8 +323,11 @@ class Classifier(nn.Module):
 # -- batching ----------------------------------------------------------------------------------
 
 
-def encode_split(vocab: Vocab, data: Examples, multi_label: bool) -> tuple[list[list[int]], list]:
-    ids = [vocab.encode(t)[1] for t in data.texts]
+def encode_split(vocab: Vocab, data: Examples, multi_label: bool) -> tuple[list[list[int]], list, Optional[list]]:
+    """Each text's word ids, its target and (``task.subwords``) each word's n-gram ids."""
+    encoded = [vocab.encode(t) for t in data.texts]
+    ids = [seq for _, seq in encoded]
+    grams = [vocab.grams(toks) for toks, _ in encoded] if vocab.subwords else None
     targets = []
     for i, item in enumerate(data.labels):
         names = item if isinstance(item, list) else [item]
@@ -299,12 +344,13 @@ def encode_split(vocab: Vocab, data: Examples, multi_label: bool) -> tuple[list[
             if len(names) != 1:
                 raise seqkit.DataError(f"{data.path}: row {i + 1}: {len(names)} labels; set head.multi_label: true")
             targets.append(vocab.label_index[names[0]])
-    return ids, targets
+    return ids, targets, grams
 
 
-def batches(ids, targets, size: int, **order) -> list[Batch]:
+def batches(ids, targets, grams, size: int, **order) -> list[Batch]:
     groups = length_groups([len(x) for x in ids], size, **order)
-    return [make_batch([ids[i] for i in g], [targets[i] for i in g]) for g in groups]
+    return [make_batch([ids[i] for i in g], [targets[i] for i in g], None if grams is None else [grams[i] for i in g])
+            for g in groups]
 
 
 # -- the task ----------------------------------------------------------------------------------
@@ -316,6 +362,9 @@ class ClassifyOptions:
     embedding_dropout: float = seqkit.bounded(0.0, ge=0, lt=1)  # on the embedded words
     word_dropout: float = seqkit.bounded(0.0, ge=0, lt=1)  # in training, words become <unk> with this probability
     min_count: int = seqkit.bounded(1, ge=1)  # rarer training words become <unk>
+    subwords: int = seqkit.bounded(0, ge=0)  # hash buckets for each word's character n-grams (fastText); 0: off
+    subword_min: int = seqkit.bounded(3, ge=1)  # shortest n-gram, counting the < > word boundaries
+    subword_max: int = seqkit.bounded(5, ge=1)  # longest n-gram
     max_vocab: int = seqkit.bounded(0, ge=0)  # 0: no cap
     lowercase: bool = True
     baseline: Literal["none", "tfidf-lr"] = "none"  # also fit TF-IDF uni+bigram logistic regression
@@ -337,13 +386,17 @@ class ClassifyTask(Task):
         if not len(train):
             raise seqkit.DataError(f"{train.path}: no training examples")
         opts = recipe.task
+        if opts.subword_min > opts.subword_max:
+            raise seqkit.RecipeError(f"task.subword_min ({opts.subword_min}) is above task.subword_max "
+                                     f"({opts.subword_max}); make it smaller or equal")
+        subwords = [opts.subwords, opts.subword_min, opts.subword_max] if opts.subwords else None
         vocab = persist_vocab(run_dir, "classify_vocab.json",
-                              lambda: Vocab.build(train, opts.min_count, opts.max_vocab, opts.lowercase),
+                              lambda: Vocab.build(train, opts.min_count, opts.max_vocab, opts.lowercase, subwords),
                               Vocab.load, Vocab.save)
         multi = recipe.head.multi_label
         seed_everything(recipe.train.seed)
         model = Classifier(recipe, vocab)
-        ids, targets = encode_split(vocab, train, multi)
+        encoded = encode_split(vocab, train, multi)
         held = {}
         for name in ("valid", "test"):
             data = splits[name]
@@ -364,7 +417,7 @@ class ClassifyTask(Task):
                 log(f"baseline: TF-IDF uni+bigram logistic regression, test accuracy {acc:.2f}")
             return metrics
 
-        return Prepared(model, lambda epoch: batches(ids, targets, cfg.batch_size, **epoch_order(cfg, epoch)),
+        return Prepared(model, lambda epoch: batches(*encoded, cfg.batch_size, **epoch_order(cfg, epoch)),
                         held["valid"], held["test"], final_eval)
 
     def build_model(self, recipe, run_dir: Path) -> Classifier:
@@ -380,7 +433,7 @@ class ClassifyTask(Task):
             examples = read_table(Path(data), config)
         if not len(examples):
             raise seqkit.DataError(f"{examples.path}: no examples to evaluate")
-        ids, targets = encode_split(model.vocab, examples, model.multi_label)
-        return {**model.evaluate(batches(ids, targets, batch_size)), "examples": len(examples),
+        encoded = encode_split(model.vocab, examples, model.multi_label)
+        return {**model.evaluate(batches(*encoded, batch_size)), "examples": len(examples),
                 "data": examples.path}
 

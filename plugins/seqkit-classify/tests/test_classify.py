@@ -166,8 +166,10 @@ def test_mr_validation_is_a_sample_of_both_classes(tmp_path):
     assert 10 <= splits["valid"].labels.count("positive") <= 26  # the files list positives first
 
 
-@pytest.mark.parametrize("pool, fmt", [("attention", "onnx"), ("last", "onnx"), ("mean", "torchscript")])
-def test_exported_classifier_classifies_as_the_model(recipe, tmp_path, pool, fmt):
+@pytest.mark.parametrize("pool, fmt, subwords", [("attention", "onnx", 0), ("last", "onnx", 0),
+                                                 ("mean", "torchscript", 0), ("attention", "onnx", 500),
+                                                 ("max", "torchscript", 500)])
+def test_exported_classifier_classifies_as_the_model(recipe, tmp_path, pool, fmt, subwords):
     """seqkit export through the public export API: this plugin's own numpy post-processing
     ships beside the graph and gives the model's answers."""
     pytest.importorskip("onnxruntime", reason="export needs onnx, onnxscript, onnxruntime: pip install seqkit[export]")
@@ -176,7 +178,7 @@ def test_exported_classifier_classifies_as_the_model(recipe, tmp_path, pool, fmt
     from seqkit.export import export_run
 
     run = tmp_path / "run"
-    seqkit.run_recipe(seqkit.Recipe.load(recipe, [f"head.pool={pool}", "train.epochs=1",
+    seqkit.run_recipe(seqkit.Recipe.load(recipe, [f"head.pool={pool}", "train.epochs=1", f"task.subwords={subwords}",
                                                   "encoder.directions=bidirectional"]),
                       run, progress=False, log=lambda m: None)
     manifest = export_run(run, fmt, tmp_path / "out", log=lambda m: None)
@@ -211,3 +213,39 @@ def test_word_dropout_turns_words_not_padding_into_unk_in_training_only(recipe):
     real = batch.ids > 0
     assert torch.equal(dropped[real & (dropped != 1)], batch.ids[real & (dropped != 1)])  # the rest unchanged
     assert 0.4 < float((dropped[real] == 1).float().mean()) < 0.6
+
+
+def test_subwords_are_fasttext_ngrams_hashed_the_same_everywhere():
+    from seqkit_classify.export_runtime import char_ngrams, pad_ngrams
+
+    grams = char_ngrams("film", 1_000_000, 3, 5)  # "<film>": 4 + 3 + 2 n-grams of 3, 4 and 5 characters
+    assert len(grams) == 9 and grams == sorted(grams) and all(1 <= g <= 1_000_000 for g in grams)
+    assert char_ngrams("film", 1_000_000, 3, 5) == grams  # CRC-32, not Python's salted hash()
+    assert char_ngrams("films", 1_000_000, 3, 5) != grams and set(char_ngrams("films", 1_000_000, 3, 3)) & set(grams)
+    assert char_ngrams("a", 7, 3, 5) == sorted({char_ngrams("a", 7, 3, 3)[0]})  # "<a>" alone
+    padded = pad_ngrams([[[3, 4], [5]], [[6]]], 3)
+    assert padded.shape == (2, 3, 2) and padded[0, 1].tolist() == [5, 0] and padded[1, 1:].sum() == 0
+
+
+def test_subword_vectors_average_word_and_ngram_rows_and_unseen_words_get_them(recipe):
+    from seqkit_classify.model import Classifier, make_batch
+
+    vocab = Vocab(["<pad>", "<unk>", "film"], ["x"], subwords=[50, 3, 4])
+    model = Classifier(seqkit.Recipe.load(recipe, ["task.subwords=50", "task.subword_max=4"]), vocab)
+    toks, ids = vocab.encode("film filmic")
+    assert ids == [2, 1]  # "filmic" is unseen: <unk>, but with its own n-grams
+    grams = vocab.grams(toks)
+    assert set(grams[0]) & set(grams[1]) and grams[1] != grams[0]
+    batch = make_batch([ids, [2]], [0, 0], [grams, grams[:1]])
+    out = model.embed_tokens(batch.ids, batch.grams)
+    for t in range(2):
+        want = (model.embed.weight[ids[t]] + model.grams.weight[grams[t]].sum(0)) / (1 + len(grams[t]))
+        assert torch.allclose(out[0, t], want)
+    assert torch.all(out[1, 1] == 0)  # padding
+    assert not torch.allclose(out[0, 1], model.embed.weight[1])  # an unseen word is not just <unk>
+
+
+def test_subword_range_is_checked(recipe, tmp_path):
+    with pytest.raises(seqkit.RecipeError, match="task.subword_min"):
+        seqkit.run_recipe(seqkit.Recipe.load(recipe, ["task.subwords=10", "task.subword_min=6"]), tmp_path / "r",
+                          progress=False, log=lambda m: None)
