@@ -163,6 +163,22 @@ def test_evaluate_prints_error_rates_of_a_manifest(run, tmp_path):
     result = CliRunner().invoke(cli, ["evaluate", str(run), "--data", str(manifest), "--json"])
     metrics = json.loads(result.stdout)
     assert metrics["utterances"] == 2 and len(metrics["unreadable"]) == 1 and "cer_beam" in metrics
+    if "cer_lm" in metrics:  # the smoke run has the recipe's 4-gram when lmplz is built
+        table = CliRunner().invoke(cli, ["evaluate", str(run), "--data", str(manifest)]).stdout
+        assert "+ LM" in table and f"{metrics['cer_lm']:.2f}" in table and "LM: kenlm kn4.bin" in table
+
+
+def test_the_evaluate_table_has_a_column_for_each_decoding_the_metrics_have():
+    full = TranscriptionTask().format_metrics({"cer": 10.0, "wer": 30.0, "cer_beam": 7.7, "wer_beam": 18.2,
+                                               "beam_size": 64, "cer_lm": 6.18, "wer_lm": 12.5,
+                                               "decoder_lm": "kenlm kn4.bin (lm_weight 1.5, word_score 1)"})
+    lines = full.splitlines()
+    assert lines[0].split() == ["greedy", "beam", "64", "+", "LM"]
+    assert lines[1].split() == ["cer", "10.00", "7.70", "6.18"]
+    assert lines[2].split() == ["wer", "30.00", "18.20", "12.50"]
+    assert lines[3] == "LM: kenlm kn4.bin (lm_weight 1.5, word_score 1)"
+    greedy = TranscriptionTask().format_metrics({"cer": 10.0, "wer": 30.0})
+    assert greedy.splitlines()[1].split() == ["cer", "10.00"] and len(greedy.splitlines()) == 3
 
 
 def test_one_pass_for_several_beams_gives_what_each_beam_gives_alone(run, tmp_path):

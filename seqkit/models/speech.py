@@ -625,10 +625,16 @@ class TranscriptionTask(Task):
         return _evaluate_data(model, data, batch_size=batch_size)
 
     def format_metrics(self, metrics: dict[str, Any]) -> str:
+        """Greedy, beam and (with a decoder LM in decoder.json) beam + LM columns, CER and WER rows."""
         beam = metrics.get("beam_size")
-        lines = [f"{'':<6}{'greedy':>10}" + (f"{f'beam {beam}':>10}" if beam else "")]
+        columns = [("greedy", "")] + ([(f"beam {beam}", "_beam")] if beam else [])
+        if "cer_lm" in metrics:
+            columns.append(("+ LM", "_lm"))
+        lines = [f"{'':<6}" + "".join(f"{title:>10}" for title, _ in columns)]
         for key in ("cer", "wer"):
-            lines.append(f"{key:<6}{metrics[key]:>10.2f}" + (f"{metrics[key + '_beam']:>10.2f}" if beam else ""))
+            lines.append(f"{key:<6}" + "".join(f"{metrics[key + suffix]:>10.2f}" for _, suffix in columns))
+        if "decoder_lm" in metrics:
+            lines.append(f"LM: {metrics['decoder_lm']}")
         return "\n".join(lines)
 
     def format_notes(self, metrics: dict[str, Any]) -> list[str]:
