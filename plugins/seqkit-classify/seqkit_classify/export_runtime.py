@@ -7,6 +7,7 @@ copies this file beside the graph; ``runtime.load(folder)`` returns a :class:`Cl
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import zlib
@@ -17,13 +18,15 @@ import numpy as np
 _TOKEN = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # as seqkit_classify.model.tokenize
 
 
-def char_ngrams(token: str, buckets: int, low: int, high: int) -> list[int]:
+@functools.lru_cache(maxsize=200_000)
+def char_ngrams(token: str, buckets: int, low: int, high: int) -> tuple[int, ...]:
     """The character n-grams (``low``..``high`` characters) of ``<token>``, as fastText cuts them,
     each hashed with CRC-32 into 1..buckets (0 is padding); sorted, one id per distinct n-gram.
-    seqkit_classify.model uses this same function, so the exported model hashes as it trained."""
+    seqkit_classify.model uses this same function, so the exported model hashes as it trained;
+    a bounded cache, as words repeat."""
     word = f"<{token}>"
     grams = {word[i: i + n] for n in range(low, high + 1) for i in range(len(word) - n + 1)}
-    return sorted(zlib.crc32(g.encode("utf-8")) % buckets + 1 for g in grams)
+    return tuple(sorted(zlib.crc32(g.encode("utf-8")) % buckets + 1 for g in grams))
 
 
 def pad_ngrams(rows: Sequence[Sequence[Sequence[int]]], longest: int) -> np.ndarray:

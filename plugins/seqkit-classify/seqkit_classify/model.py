@@ -63,16 +63,10 @@ class Vocab:
     def __post_init__(self) -> None:
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.label_index = {label: i for i, label in enumerate(self.labels)}
-        self._grams: dict[str, list[int]] = {}
 
-    def grams(self, toks: list[str]) -> Optional[list[list[int]]]:
+    def grams(self, toks: list[str]) -> Optional[list[tuple[int, ...]]]:
         """Each token's hashed character n-gram ids (None without subwords); unseen words get them too."""
-        if not self.subwords:
-            return None
-        for t in toks:
-            if t not in self._grams:
-                self._grams[t] = char_ngrams(t, *self.subwords)
-        return [self._grams[t] for t in toks]
+        return [char_ngrams(t, *self.subwords) for t in toks] if self.subwords else None
 
     @classmethod
     def build(cls, data: Examples, min_count: int, max_vocab: int, lowercase: bool,

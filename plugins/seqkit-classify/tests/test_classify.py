@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import random
+import zlib
 from pathlib import Path
 
 import pytest
@@ -218,11 +219,14 @@ def test_word_dropout_turns_words_not_padding_into_unk_in_training_only(recipe):
 def test_subwords_are_fasttext_ngrams_hashed_the_same_everywhere():
     from seqkit_classify.export_runtime import char_ngrams, pad_ngrams
 
-    grams = char_ngrams("film", 1_000_000, 3, 5)  # "<film>": 4 + 3 + 2 n-grams of 3, 4 and 5 characters
-    assert len(grams) == 9 and grams == sorted(grams) and all(1 <= g <= 1_000_000 for g in grams)
-    assert char_ngrams("film", 1_000_000, 3, 5) == grams  # CRC-32, not Python's salted hash()
-    assert char_ngrams("films", 1_000_000, 3, 5) != grams and set(char_ngrams("films", 1_000_000, 3, 3)) & set(grams)
-    assert char_ngrams("a", 7, 3, 5) == sorted({char_ngrams("a", 7, 3, 3)[0]})  # "<a>" alone
+    # "<film>": 4 + 3 + 2 n-grams of 3, 4 and 5 characters, each CRC-32 (not Python's per-process
+    # salted hash(), which would hash differently in the exported runtime's process) mod buckets, + 1
+    pieces = ["<fi", "fil", "ilm", "lm>", "<fil", "film", "ilm>", "<film", "film>"]
+    grams = char_ngrams("film", 1_000_000, 3, 5)
+    assert grams == tuple(sorted(zlib.crc32(p.encode()) % 1_000_000 + 1 for p in pieces))
+    assert char_ngrams("film", 1_000_000, 3, 3) == tuple(sorted(zlib.crc32(p.encode()) % 1_000_000 + 1
+                                                               for p in pieces[:4]))
+    assert char_ngrams("a", 7, 3, 5) == (zlib.crc32(b"<a>") % 7 + 1,)  # "<a>" alone; ids never 0 (padding)
     padded = pad_ngrams([[[3, 4], [5]], [[6]]], 3)
     assert padded.shape == (2, 3, 2) and padded[0, 1].tolist() == [5, 0] and padded[1, 1:].sum() == 0
 
@@ -239,7 +243,7 @@ def test_subword_vectors_average_word_and_ngram_rows_and_unseen_words_get_them(r
     batch = make_batch([ids, [2]], [0, 0], [grams, grams[:1]])
     out = model.embed_tokens(batch.ids, batch.grams)
     for t in range(2):
-        want = (model.embed.weight[ids[t]] + model.grams.weight[grams[t]].sum(0)) / (1 + len(grams[t]))
+        want = (model.embed.weight[ids[t]] + model.grams.weight[list(grams[t])].sum(0)) / (1 + len(grams[t]))
         assert torch.allclose(out[0, t], want)
     assert torch.all(out[1, 1] == 0)  # padding
     assert not torch.allclose(out[0, 1], model.embed.weight[1])  # an unseen word is not just <unk>
