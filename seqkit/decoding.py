@@ -10,7 +10,8 @@ Two kinds of language model steer torchaudio's (flashlight's) lexicon beam searc
   (``rescore: true``; one batch of sentences per utterance).
 
 The decoder ranks a hypothesis by ``acoustic log-prob + lm_weight * LM log-prob + word_score *
-words``; :func:`tune` grid-searches ``lm_weight`` and ``word_score`` on held-out utterances, and
+words + sil_score * word separators``; :func:`tune` grid-searches ``lm_weight``, ``word_score``
+and ``sil_score`` on held-out utterances, and
 the chosen settings are kept with the run in ``decoder.json`` (:func:`save`, :func:`load`), which
 ``seqkit.load`` picks up: beam search then uses the language model.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -36,6 +38,7 @@ __all__ = ["DecoderLM", "build_kenlm", "held_out_check", "load", "lstm_word_lm",
 DECODER_FILE = "decoder.json"
 WEIGHTS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # the default grid of tune()
 WORD_SCORES = (-2.0, -1.0, 0.0, 1.0, 2.0)
+SIL_SCORES = (0.0,)
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class DecoderLM:
     seqkit language-model run folder with word units). ``words``: the words the LM knows, added
     to the decoder's lexicon (their spellings must use the acoustic model's units; others are
     left out). ``rescore``: an LSTM LM rescores the ``nbest`` best hypotheses of a search without
-    LM instead of scoring inside the search."""
+    LM instead of scoring inside the search. ``sil_score``: added for each word separator the
+    search emits (negative: fewer, longer words; not used when rescoring)."""
 
     kind: str
     path: Path
@@ -55,13 +59,16 @@ class DecoderLM:
     rescore: bool = False
     nbest: int = 16
     words: tuple[str, ...] = ()
+    sil_score: float = 0.0
 
     def key(self) -> tuple:
-        return (self.kind, str(self.path), self.weight, self.word_score, self.rescore, self.nbest)
+        return (self.kind, str(self.path), self.weight, self.word_score, self.rescore, self.nbest, self.sil_score)
 
     def describe(self) -> str:
+        sil = f", sil_score {self.sil_score:g}" if self.sil_score else ""
         how = f", rescoring the {self.nbest} best" if self.rescore else ""
-        return f"{self.kind} {self.path.name} (lm_weight {self.weight:g}, word_score {self.word_score:g}{how})"
+        return (f"{self.kind} {self.path.name} (lm_weight {self.weight:g}, word_score {self.word_score:g}"
+                f"{sil}{how})")
 
 
 # -- building and finding language models ------------------------------------------------------
@@ -109,7 +116,7 @@ def _arpa_words(path: Path) -> list[str]:
 
 
 def resolve(spec: str, *, weight: float = 0.5, word_score: float = 0.0, rescore: bool = False,
-            nbest: int = 16) -> DecoderLM:
+            nbest: int = 16, sil_score: float = 0.0) -> DecoderLM:
     """A :class:`DecoderLM` from what a user names: a KenLM file (``.arpa`` or binary; its words
     come from the ARPA text, or from ``words.txt`` beside a binary) or a seqkit language-model run
     folder."""
@@ -130,7 +137,7 @@ def resolve(spec: str, *, weight: float = 0.5, word_score: float = 0.0, rescore:
             raise SeqkitError(f"--lm {spec}: the language model reads {lm.vocab.units}; the decoder scores words, "
                               "so train it with features.units: words")
         words = tuple(w for w in lm.vocab.itos if not (w.startswith("<") and w.endswith(">")))
-        return DecoderLM("lstm", path.resolve(), weight, word_score, rescore, nbest, words)
+        return DecoderLM("lstm", path.resolve(), weight, word_score, rescore, nbest, words, sil_score)
     if rescore:
         raise SeqkitError(f"--lm {spec}: rescoring is for LSTM language models; a KenLM model scores inside the search")
     if path.suffix == ".arpa":
@@ -140,7 +147,7 @@ def resolve(spec: str, *, weight: float = 0.5, word_score: float = 0.0, rescore:
     else:
         words = ()
     words = tuple(w for w in words if w not in ("<s>", "</s>", "<unk>"))
-    return DecoderLM("kenlm", path.resolve(), weight, word_score, False, nbest, words)
+    return DecoderLM("kenlm", path.resolve(), weight, word_score, False, nbest, words, sil_score)
 
 
 _LSTM_CACHE: dict[str, Any] = {}
@@ -244,34 +251,39 @@ def lm_log_probs(nbest: Sequence[tuple[list[str], float]], lm: DecoderLM) -> lis
 
 def tune(head: Any, emissions: Sequence[tuple[Tensor, Tensor, list[str]]], lm: DecoderLM, *, beam_size: int,
          weights: Sequence[float] = WEIGHTS, word_scores: Sequence[float] = WORD_SCORES,
+         sil_scores: Sequence[float] = SIL_SCORES,
          log: Callable[[str], None] = print) -> tuple[DecoderLM, list[dict[str, Any]]]:
-    """Grid-search ``lm_weight`` x ``word_score`` by CER (then WER) on ``emissions``: (log-probs
-    (N, L, C), lengths (N,), reference texts) batches of held-out utterances. Returns the best
-    settings and one row per grid point (cer, wer, seconds)."""
+    """Grid-search ``lm_weight`` x ``word_score`` x ``sil_score`` by CER (then WER) on
+    ``emissions``: (log-probs (N, L, C), lengths (N,), reference texts) batches of held-out
+    utterances. Returns the best settings and one row per grid point (cer, wer, seconds).
+    Rescoring an n-best list has no separators to score: its grid leaves ``sil_score`` out."""
     from .heads.ctc import error_rates
 
     refs = [t for _, _, texts in emissions for t in texts]
     rows = []
     nbest_cache: Optional[list[list[tuple[list[str], float]]]] = None
     scores_cache: list[list[float]] = []
-    for w in weights:
-        for ws in word_scores:
-            trial = dataclasses.replace(lm, weight=float(w), word_score=float(ws))
-            started = time.perf_counter()
-            if trial.kind == "lstm" and trial.rescore:
-                if nbest_cache is None:  # the n-best lists and their LM scores do not depend on the weights
-                    nbest_cache = [n for lp, lengths, _ in emissions
-                                   for n in head.nbest(lp, lengths, beam_size, trial.nbest, trial.words)]
-                    scores_cache = [lm_log_probs(n, trial) for n in nbest_cache]
-                hyps = [" ".join(rescore(n, trial, s)) for n, s in zip(nbest_cache, scores_cache, strict=True)]
-            else:
-                hyps = [h for lp, lengths, _ in emissions for h in head.beam(lp, lengths, beam_size, lm=trial)]
-            scores = error_rates(refs, hyps)
-            rows.append({"lm_weight": float(w), "word_score": float(ws), **scores,
-                         "seconds": round(time.perf_counter() - started, 2)})
-            log(f"tune: lm_weight {w:g} word_score {ws:g}: CER {scores['cer']:.2f} WER {scores['wer']:.2f}")
+    if lm.kind == "lstm" and lm.rescore:
+        sil_scores = (lm.sil_score,)
+    for w, ws, sil in itertools.product(weights, word_scores, sil_scores):
+        trial = dataclasses.replace(lm, weight=float(w), word_score=float(ws), sil_score=float(sil))
+        started = time.perf_counter()
+        if trial.kind == "lstm" and trial.rescore:
+            if nbest_cache is None:  # the n-best lists and their LM scores do not depend on the weights
+                nbest_cache = [n for lp, lengths, _ in emissions
+                               for n in head.nbest(lp, lengths, beam_size, trial.nbest, trial.words)]
+                scores_cache = [lm_log_probs(n, trial) for n in nbest_cache]
+            hyps = [" ".join(rescore(n, trial, s)) for n, s in zip(nbest_cache, scores_cache, strict=True)]
+        else:
+            hyps = [h for lp, lengths, _ in emissions for h in head.beam(lp, lengths, beam_size, lm=trial)]
+        scores = error_rates(refs, hyps)
+        rows.append({"lm_weight": float(w), "word_score": float(ws), "sil_score": float(sil), **scores,
+                     "seconds": round(time.perf_counter() - started, 2)})
+        log(f"tune: lm_weight {w:g} word_score {ws:g} sil_score {sil:g}: CER {scores['cer']:.2f} "
+            f"WER {scores['wer']:.2f}")
     best = min(rows, key=lambda r: (r["cer"], r["wer"]))
-    return dataclasses.replace(lm, weight=best["lm_weight"], word_score=best["word_score"]), rows
+    return dataclasses.replace(lm, weight=best["lm_weight"], word_score=best["word_score"],
+                               sil_score=best["sil_score"]), rows
 
 
 def save(run_dir: Path, lm: DecoderLM, beam_size: int, extra: Optional[dict[str, Any]] = None) -> Path:
@@ -283,7 +295,8 @@ def save(run_dir: Path, lm: DecoderLM, beam_size: int, extra: Optional[dict[str,
     except ValueError:
         path = str(lm.path)
     info = {"lm": {"kind": lm.kind, "path": path, "lm_weight": lm.weight, "word_score": lm.word_score,
-                   "rescore": lm.rescore, "nbest": lm.nbest}, "beam_size": beam_size, **(extra or {})}
+                   "rescore": lm.rescore, "nbest": lm.nbest, "sil_score": lm.sil_score},
+            "beam_size": beam_size, **(extra or {})}
     out = run_dir / DECODER_FILE
     part = out.with_name(out.name + ".part")
     part.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
@@ -302,7 +315,8 @@ def load(run_dir: Path) -> Optional[tuple[DecoderLM, int]]:
         lm_path = Path(spec["path"])
         lm_path = lm_path if lm_path.is_absolute() else Path(run_dir) / lm_path
         lm = resolve(str(lm_path), weight=float(spec["lm_weight"]), word_score=float(spec["word_score"]),
-                     rescore=bool(spec.get("rescore", False)), nbest=int(spec.get("nbest", 16)))
+                     rescore=bool(spec.get("rescore", False)), nbest=int(spec.get("nbest", 16)),
+                     sil_score=float(spec.get("sil_score", 0.0)))
         return lm, int(info["beam_size"])
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
         raise SeqkitError(f"{path}: unreadable decoder settings ({exc}); run `seqkit tune-decoder` again "

@@ -105,6 +105,16 @@ def test_tune_picks_the_grid_point_with_the_lowest_cer_and_the_settings_travel_w
     loaded, beam = decoding.load(tmp_path / "moved")
     assert beam == 16 and loaded.path == (tmp_path / "moved" / "lm" / "kn3.bin").resolve()
     assert (loaded.weight, loaded.word_score, loaded.words) == (1.0, 0.0, best.words)
+    assert loaded.sil_score == 0.0
+    # sil_score is a third grid axis, and it reaches the search: a heavy price on word separators
+    # makes the three-word answer lose
+    best, rows = decoding.tune(head, [(lp, lengths, ["the red car"])], loaded, beam_size=16, weights=[1.0],
+                               word_scores=[0.0], sil_scores=[-30.0, 0.0], log=lambda m: None)
+    assert [(r["sil_score"], r["cer"] > 0) for r in rows] == [(-30.0, True), (0.0, False)]
+    assert best.sil_score == 0.0 and "sil_score" not in best.describe()
+    decoding.save(tmp_path / "moved", dataclasses.replace(best, sil_score=-1.5), 16)
+    assert decoding.load(tmp_path / "moved")[0].sil_score == -1.5
+    assert "sil_score -1.5" in decoding.load(tmp_path / "moved")[0].describe()
     (tmp_path / "moved" / "decoder.json").write_text("{")
     with pytest.raises(SeqkitError, match="unreadable decoder settings"):
         decoding.load(tmp_path / "moved")

@@ -7,6 +7,8 @@ import dataclasses
 import re
 from pathlib import Path
 
+import yaml
+
 from seqkit import registry
 from seqkit.recipe import COMPONENT_SECTIONS, EncoderConfig, Recipe, TrainConfig, component_config
 
@@ -36,6 +38,8 @@ def _check(rows, defaults, where):
             assert shown == f"`{str(default).lower()}`", key
         elif isinstance(default, str):
             assert shown == (f"`{default}`" if default else '`""`'), key
+        elif isinstance(default, list):
+            assert yaml.safe_load(shown.strip("`")) == default, key
         else:
             assert float(shown.strip("`")) == float(default), key
 

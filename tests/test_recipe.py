@@ -45,7 +45,8 @@ def test_defaults_file_and_overrides_precedence(tmp_path):
         ("", ["nonsense"], r"--set 'nonsense': expected KEY\.PATH=VALUE"),
         ("", ["bogus.key=1"], r"bogus: unknown key"),
         ("head: {name: ctc, crf: true}\n", [], r"r\.yaml: head\.crf: unknown key; expected one of beam_size, bpe_size, "
-         r"dropout, lexicon, lm, lm_order, lm_rescore, lm_tune, lm_weight, name, vocab, word_score "
+         r"dropout, lexicon, lm, lm_beam_size, lm_order, lm_rescore, lm_tune, lm_tune_beam, lm_weight, "
+         r"lm_weight_grid, name, sil_score, sil_score_grid, vocab, word_score, word_score_grid "
          r"\(options of head 'ctc'\)"),
         ("head: {name: tagger, beam_size: 4}\n", [], r"head\.beam_size: unknown key.*options of head 'tagger'"),
         ("task: tagging\ndata: {dataset: msra-ner, train: x.conll}\n", [], r"data\.train: unknown key.*'msra-ner'"),
@@ -80,7 +81,9 @@ def test_each_component_reads_its_own_options(tmp_path, plugin_manager):
     shown = yaml.safe_load(recipe.to_yaml())
     assert shown["head"] == {"name": "ctc", "dropout": 0.0, "vocab": "chars", "bpe_size": 256, "beam_size": 64,
                              "lexicon": None, "lm": None, "lm_order": 4, "lm_weight": 0.5, "word_score": 0.0,
-                             "lm_tune": True, "lm_rescore": False}
+                             "sil_score": 0.0, "lm_tune": True, "lm_weight_grid": [0.25, 0.5, 1.0, 1.5, 2.0, 3.0],
+                             "word_score_grid": [-2.0, -1.0, 0.0, 1.0, 2.0], "sil_score_grid": [0.0],
+                             "lm_beam_size": 0, "lm_tune_beam": 0, "lm_rescore": False}
     assert list(shown["data"])[0] == "dataset"
 
 

@@ -87,11 +87,14 @@ def test_the_recipe_builds_a_decoder_lm_without_any_held_out_sentence_and_tunes_
     shutil.copytree(run, copy)
     monkeypatch.chdir(tmp_path)  # --lm is read from the current folder
     result = CliRunner().invoke(cli, ["tune-decoder", str(copy), "--lm", "run/lm/kn4.bin",
-                                      "--weights", "0,2", "--word-scores", "1", "--beam", "4"])
+                                      "--weights", "0,2", "--word-scores", "1", "--sil-scores", "-1,0",
+                                      "--beam", "4", "--tune-beam", "2"])
     assert result.exit_code == 0, result.output
     tuned = json.loads((copy / "decoder.json").read_text())
-    assert [(r["lm_weight"], r["word_score"]) for r in tuned["grid"]] == [(0.0, 1.0), (2.0, 1.0)]
-    assert tuned["beam_size"] == 4 and tuned["lm"]["path"] == "lm/kn4.bin" and "kept in" in result.output
+    assert [(r["lm_weight"], r["word_score"], r["sil_score"]) for r in tuned["grid"]] == [
+        (0.0, 1.0, -1.0), (0.0, 1.0, 0.0), (2.0, 1.0, -1.0), (2.0, 1.0, 0.0)]
+    assert (tuned["beam_size"], tuned["tune_beam"]) == (4, 2) and tuned["lm"]["path"] == "lm/kn4.bin"
+    assert "kept in" in result.output and "sil_score" in result.output
 
 
 def test_train_lexicon_is_the_training_words_and_the_loaded_model_uses_it(run):

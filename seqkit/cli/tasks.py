@@ -136,13 +136,18 @@ def _floats(text: str) -> list[float]:
                    "(word units).")
 @click.option("--order", default=4, show_default=True, type=click.IntRange(2, 6), help="n-gram order of --lm kenlm.")
 @click.option("--beam", default=0, type=click.IntRange(min=0),
-              help="Beam width [default: the recipe's head.beam_size].")
+              help="Beam width of the search with the LM, kept with the run [default: the recipe's "
+                   "head.lm_beam_size, else head.beam_size].")
+@click.option("--tune-beam", default=0, type=click.IntRange(min=0),
+              help="Beam width while tuning; narrower is faster [default: --beam].")
 @click.option("--weights", default="0.25,0.5,1,1.5,2,3", show_default=True, help="lm_weight values to try.")
 @click.option("--word-scores", default="-2,-1,0,1,2", show_default=True, help="word_score values to try.")
+@click.option("--sil-scores", default="0", show_default=True,
+              help="sil_score values to try (added per word separator; negative: fewer, longer words).")
 @click.option("--rescore", is_flag=True, help="LSTM LM: rescore the n-best list of a search without LM.")
 @click.option("--nbest", default=16, show_default=True, type=click.IntRange(min=1), help="With --rescore.")
-def tune_decoder_cmd(run: Path, lm_spec: str, order: int, beam: int, weights: str, word_scores: str,
-                     rescore: bool, nbest: int) -> None:
+def tune_decoder_cmd(run: Path, lm_spec: str, order: int, beam: int, tune_beam: int, weights: str,
+                     word_scores: str, sil_scores: str, rescore: bool, nbest: int) -> None:
     """Grid-search the language-model weight and word score of RUN's CTC beam search on its
     validation split, and keep the best in RUN/decoder.json (then `seqkit transcribe --beam` and
     `seqkit evaluate` use the language model)."""
@@ -152,15 +157,16 @@ def tune_decoder_cmd(run: Path, lm_spec: str, order: int, beam: int, weights: st
     model = load(run)
     if not hasattr(model, "transcribe"):
         raise not_a(model, "transcribe speech", run)
-    rows = tune_decoder(model, run, lm_spec, order=order, beam=beam, weights=_floats(weights),
-                        word_scores=_floats(word_scores), rescore=rescore, nbest=nbest,
-                        log=lambda m: click.echo(m, err=True))
+    rows = tune_decoder(model, run, lm_spec, order=order, beam=beam, tune_beam=tune_beam, weights=_floats(weights),
+                        word_scores=_floats(word_scores), sil_scores=_floats(sil_scores), rescore=rescore,
+                        nbest=nbest, log=lambda m: click.echo(m, err=True))
     best = model.decoder_lm
-    click.echo(f"{'lm_weight':>9} {'word_score':>10} {'CER':>7} {'WER':>7} {'s':>6}")
+    click.echo(f"{'lm_weight':>9} {'word_score':>10} {'sil_score':>9} {'CER':>7} {'WER':>7} {'s':>6}")
     for row in rows:
-        mark = " *" if (row["lm_weight"], row["word_score"]) == (best.weight, best.word_score) else ""
-        click.echo(f"{row['lm_weight']:>9g} {row['word_score']:>10g} {row['cer']:>7.2f} {row['wer']:>7.2f} "
-                   f"{row['seconds']:>6.1f}{mark}")
+        point = (row["lm_weight"], row["word_score"], row["sil_score"])
+        mark = " *" if point == (best.weight, best.word_score, best.sil_score) else ""
+        click.echo(f"{row['lm_weight']:>9g} {row['word_score']:>10g} {row['sil_score']:>9g} {row['cer']:>7.2f} "
+                   f"{row['wer']:>7.2f} {row['seconds']:>6.1f}{mark}")
     click.echo(f"kept in {run / 'decoder.json'}: {best.describe()}, beam {model.lm_beam}")
 
 

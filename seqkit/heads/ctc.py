@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Optional, Sequence
 
@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..decoding import SIL_SCORES, WEIGHTS, WORD_SCORES
 from ..errors import SeqkitError
 from ..recipe import bounded
 
@@ -128,9 +129,15 @@ class CTCOptions:
     # file (.arpa/.bin), or a seqkit language-model run folder with word units (an LSTM LM).
     lm: Optional[str] = None
     lm_order: int = bounded(4, ge=2, le=6)
-    lm_weight: float = 0.5  # starting values; with lm_tune, the run grid-searches both on the
+    lm_weight: float = 0.5  # starting values; with lm_tune, the run grid-searches them on the
     word_score: float = 0.0  # validation split and keeps the best in run/decoder.json
+    sil_score: float = 0.0  # added per word separator the LM search emits (negative: fewer, longer words)
     lm_tune: bool = True
+    lm_weight_grid: list[float] = field(default_factory=lambda: list(WEIGHTS))  # the lm_tune grid
+    word_score_grid: list[float] = field(default_factory=lambda: list(WORD_SCORES))
+    sil_score_grid: list[float] = field(default_factory=lambda: list(SIL_SCORES))
+    lm_beam_size: int = bounded(0, ge=0)  # beam width of the search with the LM (0: beam_size)
+    lm_tune_beam: int = bounded(0, ge=0)  # beam width while tuning (0: lm_beam_size); narrower is faster
     lm_rescore: bool = False  # LSTM LM: rescore the n-best list of a search without LM instead
 
 
@@ -244,7 +251,8 @@ class CTC(nn.Module):
                     lines = [f"{w} {' '.join(self.vocab.spell(w))}" for w in words if w.strip()]
                     Path(lexicon_path).write_text("\n".join(lines) + "\n", encoding="utf-8")
                 if lm is not None and lm.kind == "kenlm":
-                    options = {"lm": str(lm.path), "lm_weight": lm.weight, "word_score": lm.word_score}
+                    options = {"lm": str(lm.path), "lm_weight": lm.weight, "word_score": lm.word_score,
+                               "sil_score": lm.sil_score}
                 elif lm is not None:  # an LSTM LM scores words inside the search
                     from ..decoding import _lstm, lstm_word_lm
 
@@ -252,7 +260,7 @@ class CTC(nn.Module):
                     lm_dict = Path(tmp) / "lm_dict.txt"
                     lm_dict.write_text("\n".join(dictionary) + "\n", encoding="utf-8")
                     options = {"lm": lstm_word_lm(_lstm(lm.path), dictionary), "lm_dict": str(lm_dict),
-                               "lm_weight": lm.weight, "word_score": lm.word_score}
+                               "lm_weight": lm.weight, "word_score": lm.word_score, "sil_score": lm.sil_score}
                 elif nbest > 1:
                     options = {"word_score": 0.0}
                 # log_add: a prefix's score sums over its alignments (without it hypotheses are

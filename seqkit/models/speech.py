@@ -464,7 +464,9 @@ def _prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
             held_out = [t for k, d in data.items() if k != "train" for t in d[1]]
             info, _ = _decoder_lm(trained, recipe, run_dir, held["valid"], held_out, log, spec=head.lm,
                                   order=head.lm_order, weight=head.lm_weight, word_score=head.word_score,
-                                  rescore=head.lm_rescore, tune=head.lm_tune)
+                                  sil_score=head.sil_score, rescore=head.lm_rescore, tune=head.lm_tune,
+                                  weights=head.lm_weight_grid, word_scores=head.word_score_grid,
+                                  sil_scores=head.sil_score_grid)
         return _report(trained, held["test"], extras, recipe.head.beam_size) | info
 
     repeat_last = recipe.features.train_padding == "repeat"
@@ -475,14 +477,17 @@ def _prepare(recipe: Recipe, run_dir: Optional[Path], *, log=print) -> Prepared:
 
 def _decoder_lm(model: SpeechModel, recipe: Recipe, run_dir: Optional[Path], valid: Optional[Batches],
                 held_out: Sequence[str], log: Callable[[str], None], *, spec: str, order: int = 4,
-                weight: float = 0.5, word_score: float = 0.0, rescore: bool = False, nbest: int = 16,
-                tune: bool = True, beam: int = 0, weights: Sequence[float] = decoding.WEIGHTS,
-                word_scores: Sequence[float] = decoding.WORD_SCORES) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                weight: float = 0.5, word_score: float = 0.0, sil_score: float = 0.0, rescore: bool = False,
+                nbest: int = 16, tune: bool = True, beam: int = 0, tune_beam: int = 0,
+                weights: Sequence[float] = decoding.WEIGHTS, word_scores: Sequence[float] = decoding.WORD_SCORES,
+                sil_scores: Sequence[float] = decoding.SIL_SCORES) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A decoder LM for ``model``: built (``spec`` kenlm: an ``order``-gram of the dataset's text
     without the ``held_out`` sentences, in run/lm) or found (a file or an LM run), tuned on
-    ``valid`` (when ``tune``), kept in run/decoder.json and set on the model. Returns what the
-    metrics record about it, and the tuning grid's rows."""
-    beam = beam or recipe.head.beam_size
+    ``valid`` (when ``tune``) with a beam of ``tune_beam``, kept in run/decoder.json with the
+    search's beam width ``beam`` and set on the model. Returns what the metrics record about it,
+    and the tuning grid's rows."""
+    beam = beam or recipe.head.lm_beam_size or recipe.head.beam_size
+    tune_beam = tune_beam or recipe.head.lm_tune_beam or beam
     if beam <= 0 or not model.head.lexicon:
         raise RecipeError(f"{recipe.source}: a decoder language model needs a beam search with a lexicon "
                           "(head.beam_size > 0 and head.lexicon)")
@@ -507,24 +512,29 @@ def _decoder_lm(model: SpeechModel, recipe: Recipe, run_dir: Optional[Path], val
     else:
         path = resolve_path(spec, recipe_base(recipe), f"{recipe.source}: head.lm")
         assert path is not None
-    lm = decoding.resolve(str(path), weight=weight, word_score=word_score, rescore=rescore, nbest=nbest)
+    lm = decoding.resolve(str(path), weight=weight, word_score=word_score, rescore=rescore, nbest=nbest,
+                          sil_score=sil_score)
     rows: list[dict[str, Any]] = []
     if tune and valid is not None:
-        log(f"tuning lm_weight and word_score on {sum(len(b.texts) for b in valid)} validation utterances")
-        lm, rows = decoding.tune(model.head, _emissions(model, valid), lm, beam_size=beam, weights=weights,
-                                 word_scores=word_scores, log=log)
+        log(f"tuning lm_weight, word_score and sil_score on {sum(len(b.texts) for b in valid)} validation "
+            f"utterances, beam {tune_beam}")
+        lm, rows = decoding.tune(model.head, _emissions(model, valid), lm, beam_size=tune_beam, weights=weights,
+                                 word_scores=word_scores, sil_scores=sil_scores, log=log)
     model.decoder_lm, model.lm_beam = lm, beam
     if run_dir is not None:
-        decoding.save(run_dir, lm, beam, {"tuned_on": "valid" if rows else None, "grid": rows, **info})
+        decoding.save(run_dir, lm, beam, {"tuned_on": "valid" if rows else None, "tune_beam": tune_beam if rows
+                                          else None, "grid": rows, **info})
     seconds = round(time.perf_counter() - started, 1)
     log(f"decoder LM: {lm.describe()} ({seconds:.0f} s to build and tune)")
     return info | {"decoder_lm": {"kind": lm.kind, "lm_weight": lm.weight, "word_score": lm.word_score,
-                                  "rescore": lm.rescore, "seconds": seconds}}, rows
+                                  "sil_score": lm.sil_score, "rescore": lm.rescore, "beam_size": beam,
+                                  "seconds": seconds}}, rows
 
 
-def tune_decoder(model: SpeechModel, run_dir: Path, spec: str, *, order: int = 4, beam: int = 0,
+def tune_decoder(model: SpeechModel, run_dir: Path, spec: str, *, order: int = 4, beam: int = 0, tune_beam: int = 0,
                  weights: Sequence[float] = decoding.WEIGHTS, word_scores: Sequence[float] = decoding.WORD_SCORES,
-                 rescore: bool = False, nbest: int = 16, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                 sil_scores: Sequence[float] = decoding.SIL_SCORES, rescore: bool = False, nbest: int = 16,
+                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """``seqkit tune-decoder``: :func:`_decoder_lm` for a trained run, on its recipe's validation
     split; every other split's transcripts are held out of a kenlm text too."""
     recipe = model.recipe
@@ -541,7 +551,8 @@ def tune_decoder(model: SpeechModel, run_dir: Path, spec: str, *, order: int = 4
     feats, texts = _features(model, valid, log, "valid")
     batches = make_batches(feats, None, texts, recipe.train.eval_batch_size)
     _, rows = _decoder_lm(model, recipe, run_dir, batches, held_out, log, spec=spec, order=order, rescore=rescore,
-                          nbest=nbest, beam=beam, weights=weights, word_scores=word_scores)
+                          nbest=nbest, beam=beam, tune_beam=tune_beam, weights=weights, word_scores=word_scores,
+                          sil_scores=sil_scores)
     return rows
 
 
@@ -574,7 +585,7 @@ def _report(model: SpeechModel, test: Optional[Batches], extras: dict[str, Batch
         if beam > 0:
             result.update(cer_beam=scores[beam]["cer"], wer_beam=scores[beam]["wer"])
         if len(beams) > 2:
-            result.update(cer_lm=scores[beams[2]]["cer"], wer_lm=scores[beams[2]]["wer"])
+            result.update(cer_lm=scores[beams[2]]["cer"], wer_lm=scores[beams[2]]["wer"], lm_beam_size=model.lm_beam)
         if name == "test":
             out.update(result, **({"beam_size": beam} if beam > 0 else {}))
         else:
@@ -634,7 +645,8 @@ class TranscriptionTask(Task):
         for key in ("cer", "wer"):
             lines.append(f"{key:<6}" + "".join(f"{metrics[key + suffix]:>10.2f}" for _, suffix in columns))
         if "decoder_lm" in metrics:
-            lines.append(f"LM: {metrics['decoder_lm']}")
+            lm_beam = f", beam {metrics['lm_beam_size']}" if metrics.get("lm_beam_size") else ""
+            lines.append(f"LM: {metrics['decoder_lm']}{lm_beam}")
         return "\n".join(lines)
 
     def format_notes(self, metrics: dict[str, Any]) -> list[str]:
@@ -667,7 +679,8 @@ def _evaluate_data(model: SpeechModel, data: Optional[Path], *, batch_size: int 
         metrics.update(cer_beam=scores["cer"], wer_beam=scores["wer"], beam_size=beam)
     if len(hows) > 2:
         scores = error_rates(refs, [results[i]["texts"][hows[2]] for i in ok])
-        metrics.update(cer_lm=scores["cer"], wer_lm=scores["wer"], decoder_lm=model.decoder_lm.describe())
+        metrics.update(cer_lm=scores["cer"], wer_lm=scores["wer"], decoder_lm=model.decoder_lm.describe(),
+                       lm_beam_size=model.lm_beam)
     audio_s = sum(results[i]["duration_s"] for i in ok)
     metrics.update(utterances=len(ok), audio_s=round(audio_s, 1), data=str(corpus.path),
                    unreadable=[r["error"] for r in results if r["texts"] is None])
