@@ -3,6 +3,7 @@ subprocess), `seqkit evaluate` on a manifest, and ``seqkit.load(...).transcribe`
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -70,7 +71,12 @@ def test_the_recipe_builds_a_decoder_lm_without_any_held_out_sentence_and_tunes_
     assert {"cer_lm", "wer_lm"} <= set(metrics) and {"cer_lm", "wer_lm"} <= set(metrics["flite"])
     decoder = json.loads((run / "decoder.json").read_text())
     assert decoder["lm"]["path"] == "lm/kn4.bin" and decoder["tuned_on"] == "valid"
-    assert len(decoder["grid"]) == 30 and decoder["lm_text"]["held_out_sentences_in_lm_text"] == 0
+    head = Recipe.load(RECIPE).head  # the recipe's grid, all of it tried
+    assert len(decoder["grid"]) == len(head.lm_weight_grid) * len(head.word_score_grid) * len(head.sil_score_grid)
+    assert {(r["lm_weight"], r["word_score"], r["sil_score"]) for r in decoder["grid"]} == set(
+        itertools.product(head.lm_weight_grid, head.word_score_grid, head.sil_score_grid))
+    assert decoder["beam_size"] == head.lm_beam_size and decoder["tune_beam"] == head.lm_tune_beam
+    assert decoder["lm_text"]["held_out_sentences_in_lm_text"] == 0
     assert (decoder["lm"]["lm_weight"], decoder["lm"]["word_score"]) in {(r["lm_weight"], r["word_score"])
                                                                          for r in decoder["grid"]}
     held_out = set()
