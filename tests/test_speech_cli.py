@@ -77,8 +77,10 @@ def test_the_recipe_builds_a_decoder_lm_without_any_held_out_sentence_and_tunes_
         itertools.product(head.lm_weight_grid, head.word_score_grid, head.sil_score_grid))
     assert decoder["beam_size"] == head.lm_beam_size and decoder["tune_beam"] == head.lm_tune_beam
     assert decoder["lm_text"]["held_out_sentences_in_lm_text"] == 0
-    assert (decoder["lm"]["lm_weight"], decoder["lm"]["word_score"]) in {(r["lm_weight"], r["word_score"])
-                                                                         for r in decoder["grid"]}
+    lm = decoder["lm"]
+    assert (lm["lm_weight"], lm["word_score"], lm["sil_score"]) in {(r["lm_weight"], r["word_score"], r["sil_score"])
+                                                                    for r in decoder["grid"]}
+    assert metrics["lm_beam_size"] == head.lm_beam_size  # the report searched with the LM at that beam
     held_out = set()
     for split in ("valid", "test", "flite"):
         manifest = next((run.parent / "cache" / "synth-speech").glob(f"{split}-*/manifest.jsonl"))
@@ -180,12 +182,13 @@ def test_evaluate_prints_error_rates_of_a_manifest(run, tmp_path):
 def test_the_evaluate_table_has_a_column_for_each_decoding_the_metrics_have():
     full = TranscriptionTask().format_metrics({"cer": 10.0, "wer": 30.0, "cer_beam": 7.7, "wer_beam": 18.2,
                                                "beam_size": 64, "cer_lm": 6.18, "wer_lm": 12.5,
-                                               "decoder_lm": "kenlm kn4.bin (lm_weight 1.5, word_score 1)"})
+                                               "decoder_lm": "kenlm kn4.bin (lm_weight 1.5, word_score 1)",
+                                               "lm_beam_size": 2048})
     lines = full.splitlines()
     assert lines[0].split() == ["greedy", "beam", "64", "+", "LM"]
     assert lines[1].split() == ["cer", "10.00", "7.70", "6.18"]
     assert lines[2].split() == ["wer", "30.00", "18.20", "12.50"]
-    assert lines[3] == "LM: kenlm kn4.bin (lm_weight 1.5, word_score 1)"
+    assert lines[3] == "LM: kenlm kn4.bin (lm_weight 1.5, word_score 1), beam 2048"
     greedy = TranscriptionTask().format_metrics({"cer": 10.0, "wer": 30.0})
     assert greedy.splitlines()[1].split() == ["cer", "10.00"] and len(greedy.splitlines()) == 3
 

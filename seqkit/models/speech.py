@@ -527,8 +527,7 @@ def _decoder_lm(model: SpeechModel, recipe: Recipe, run_dir: Optional[Path], val
     seconds = round(time.perf_counter() - started, 1)
     log(f"decoder LM: {lm.describe()} ({seconds:.0f} s to build and tune)")
     return info | {"decoder_lm": {"kind": lm.kind, "lm_weight": lm.weight, "word_score": lm.word_score,
-                                  "sil_score": lm.sil_score, "rescore": lm.rescore, "beam_size": beam,
-                                  "seconds": seconds}}, rows
+                                  "sil_score": lm.sil_score, "rescore": lm.rescore, "seconds": seconds}}, rows
 
 
 def tune_decoder(model: SpeechModel, run_dir: Path, spec: str, *, order: int = 4, beam: int = 0, tune_beam: int = 0,
@@ -585,9 +584,10 @@ def _report(model: SpeechModel, test: Optional[Batches], extras: dict[str, Batch
         if beam > 0:
             result.update(cer_beam=scores[beam]["cer"], wer_beam=scores[beam]["wer"])
         if len(beams) > 2:
-            result.update(cer_lm=scores[beams[2]]["cer"], wer_lm=scores[beams[2]]["wer"], lm_beam_size=model.lm_beam)
+            result.update(cer_lm=scores[beams[2]]["cer"], wer_lm=scores[beams[2]]["wer"])
         if name == "test":
-            out.update(result, **({"beam_size": beam} if beam > 0 else {}))
+            out.update(result, **({"beam_size": beam} if beam > 0 else {}),
+                       **({"lm_beam_size": model.lm_beam} if len(beams) > 2 else {}))
         else:
             out[name] = result
     return out
