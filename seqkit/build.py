@@ -35,7 +35,7 @@ LOCK_FILE = ".lock"
 # what `recipe run` writes into a run folder (a fresh run may clear these when no checkpoint exists)
 _RUN_ITEMS = (RECIPE_FILE, VERSIONS_FILE, "vocab", "checkpoints", "metrics.jsonl", "metrics.json")
 # train keys a resumed run may change: how long to train and how to run it, not what is trained
-_HOW_LONG = ("epochs", "max_steps", "patience")
+_HOW_LONG = ("epochs", "max_steps", "max_minutes", "patience")
 _RESUMABLE_CHANGES = {*_HOW_LONG, "threads", "log_every", "checkpoint_every", "eval_batch_size"}
 
 

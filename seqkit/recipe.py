@@ -86,6 +86,9 @@ class EncoderConfig:
 class TrainConfig:
     epochs: int = bounded(10, ge=1)
     max_steps: int = bounded(0, ge=0)  # 0: no limit
+    # a training-time budget (resumed sessions included): no epoch starts that the last one's time
+    # says would end past it, and one that runs past it anyway stops there; 0: no limit
+    max_minutes: float = bounded(0.0, ge=0)
     batch_size: int = bounded(32, ge=1)
     sortagrad: bool = False  # first epoch in order of length, shortest batches first (SortaGrad)
     lr: float = bounded(1e-3, gt=0)

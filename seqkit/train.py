@@ -24,6 +24,11 @@ the initial weights, whose share after k steps is ``d ** k``) and saved in ``las
 resuming stays exact.  When training ends, each of these averages is validated; the best one replaces
 ``best`` if it beats the best single epoch, which is then kept as ``best-epoch``.
 
+With ``max_minutes: m`` training time (``elapsed``, resumed sessions included) is a budget: an
+epoch is not started when, taking as long as the last whole epoch did, it would end past the
+budget, and an epoch that runs past it anyway stops there (like ``max_steps``); the run then ends
+with ``stopped: time_limit`` and the averages are tried as after a completed run.
+
 Data-parallel (``distributed=`` a :class:`seqkit.distributed.Context`, under torchrun): each rank
 trains on its rows of every batch through DistributedDataParallel, rank 0 alone writes the run
 folder, and a signal on any rank stops all of them after the same step (``docs/distributed.md``).
@@ -85,6 +90,7 @@ class _State:
     epoch_loss: float = 0.0  # for the progress bar's running mean
     epoch_steps: int = 0
     elapsed: float = 0.0  # seconds spent in fit() over all resumed sessions
+    epoch_seconds: float = 0.0  # how long the last whole epoch took, its validation included
 
 
 def check_train_config(config: TrainConfig) -> None:
@@ -185,7 +191,8 @@ class Trainer:
     # --- fit -------------------------------------------------------------------------------
 
     def fit(self, *, resume: bool = False) -> dict:
-        """Train until done, ``max_steps``, early stopping or interruption; see module doc."""
+        """Train until done, ``max_steps``, ``max_minutes``, early stopping or interruption;
+        see module doc."""
         if self._fitted and not resume:
             raise RuntimeError("this Trainer has trained already; build a new model and Trainer")
         self._fitted = True
@@ -201,7 +208,7 @@ class Trainer:
             log = open(self.metrics_path, "a", encoding="utf-8") if self._main else contextlib.nullcontext()
             with log as self._log:
                 stopped = self._run()
-                if stopped in ("completed", "early_stopping") and self._main:
+                if stopped in ("completed", "early_stopping", "time_limit") and self._main:
                     self._try_averages()
         finally:
             self._log = None
@@ -222,6 +229,9 @@ class Trainer:
                 return "max_steps"
             if self._patience_exhausted():
                 return "early_stopping"
+            if self._no_time_for_epoch():
+                return "time_limit"
+            epoch_started = self._elapsed() if st.batch == 0 else None
             with preserved_rng():  # batching must not shift the RNG stream dropout uses
                 batches = self.train_batches(st.epoch)
             self._steps_per_epoch = len(batches)
@@ -231,7 +241,7 @@ class Trainer:
             if outcome == "interrupted":
                 self._save_last()
                 return outcome
-            if outcome == "max_steps":
+            if outcome in ("max_steps", "time_limit"):
                 # Mid-epoch stop: 'last' is saved before this extra validation so that a
                 # resumed run continues exactly as if it had never stopped.
                 self._save_last()
@@ -239,6 +249,8 @@ class Trainer:
                 return outcome
             self._validate(partial=False)
             self._save_snapshot(st.epoch + 1)
+            if epoch_started is not None:
+                st.epoch_seconds = self._elapsed() - epoch_started
             st.epoch, st.batch = st.epoch + 1, 0
             st.epoch_loss, st.epoch_steps = 0.0, 0
             self._save_last()
@@ -273,6 +285,8 @@ class Trainer:
                     return "interrupted"
                 if self._limit_reached():
                     return "max_steps" if st.batch < len(batches) else None
+                if self._out_of_time() and st.batch < len(batches):
+                    return "time_limit"
                 # At the epoch end the epoch-end checkpoint follows anyway.
                 if (config.checkpoint_every > 0 and st.step % config.checkpoint_every == 0
                         and st.batch < len(batches)):
@@ -710,6 +724,18 @@ class Trainer:
 
     def _limit_reached(self) -> bool:
         return self.config.max_steps > 0 and self.state.step >= self.config.max_steps
+
+    def _out_of_time(self) -> bool:
+        return self.config.max_minutes > 0 and self._elapsed() >= 60 * self.config.max_minutes
+
+    def _no_time_for_epoch(self) -> bool:
+        """``max_minutes``: the budget is spent, or the next epoch, if it takes as long as the
+        last whole one did, would end past it."""
+        if self.config.max_minutes <= 0:
+            return False
+        if self.state.batch > 0:  # resuming mid-epoch: finish it unless the budget is spent
+            return self._out_of_time()
+        return self._elapsed() + self.state.epoch_seconds >= 60 * self.config.max_minutes
 
     def _patience_exhausted(self) -> bool:
         return (self.config.patience > 0 and self.valid_batches is not None

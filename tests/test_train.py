@@ -9,8 +9,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import pytest
 import torch
@@ -300,6 +303,51 @@ def test_early_stopping(tmp_path: Path) -> None:
     result = trainer.fit()
     assert result["stopped"] == "early_stopping" and result["epochs"] == 3
     assert read_meta(tmp_path / "checkpoints" / "best.safetensors")["trainer"]["state"]["step"] == 6
+
+
+def _ten_seconds_a_step(monkeypatch) -> Callable[[int], None]:
+    """The trainer's clock, made to advance 10 s per training step and stand still otherwise
+    (a real clock would make the stopping point depend on the machine's load)."""
+    import seqkit.train
+
+    clock = [0.0]
+    monkeypatch.setattr(seqkit.train, "time", SimpleNamespace(perf_counter=lambda: clock[0],
+                                                              monotonic=time.monotonic))
+
+    def tick(calls: int) -> None:
+        clock[0] += 10.0
+    return tick
+
+
+def test_time_budget_starts_no_epoch_it_cannot_finish(tmp_path: Path, monkeypatch, reference) -> None:
+    # Epochs take 60 s: after two (120 s), a third would end at 180 s, past the 150 s budget.
+    result = make(tmp_path, hook=_ten_seconds_a_step(monkeypatch), epochs=10, max_minutes=2.5).fit()
+    assert result["stopped"] == "time_limit" and result["epochs"] == 2 and result["steps"] == 12
+    state = read_meta(tmp_path / "checkpoints" / "last.safetensors")["trainer"]["state"]
+    assert state["epoch_seconds"] == 60.0 and state["elapsed"] == 120.0
+    # It stopped at an epoch end, so training on without the budget is the uninterrupted run.
+    ref_result, final, ref_dir = reference
+    trainer = make(tmp_path, epochs=3)
+    assert trainer.fit(resume=True) == ref_result
+    assert same(weights(trainer), final)
+    assert log_lines(tmp_path) == log_lines(ref_dir)
+
+
+def test_time_budget_stops_an_epoch_that_overruns_it(tmp_path: Path, monkeypatch) -> None:
+    # The first epoch has no earlier one to judge by: it starts, and stops when 45 s are spent.
+    result = make(tmp_path, hook=_ten_seconds_a_step(monkeypatch), max_minutes=0.75).fit()
+    assert result["stopped"] == "time_limit" and result["steps"] == 5 and result["epochs"] == 0
+    assert result["valid"] and (tmp_path / "checkpoints" / "best.safetensors").exists()
+    # Resumed with the budget spent, it trains no further.
+    again = make(tmp_path, hook=_ten_seconds_a_step(monkeypatch), max_minutes=0.75).fit(resume=True)
+    assert again["stopped"] == "time_limit" and again["steps"] == 5
+
+
+def test_negative_time_budget_is_a_clean_error(tmp_path: Path) -> None:
+    from seqkit.recipe import Recipe, RecipeError
+
+    with pytest.raises(RecipeError, match="train.max_minutes: must be >= 0"):
+        Recipe.load(Path(__file__).parent.parent / "recipes" / "ner" / "conll.yaml", ["train.max_minutes=-1"])
 
 
 def test_nan_loss_is_a_clean_error(tmp_path: Path) -> None:
