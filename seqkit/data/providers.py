@@ -8,13 +8,15 @@ returns the splits as a dict with keys ``train``, ``valid`` (possibly empty) and
 
 from __future__ import annotations
 
+import importlib.util
 import random
+import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from ..errors import RecipeError
+from ..errors import DataError, RecipeError
 from ..recipe import bounded
 from ..tasks import resolve_path
 from .conll import TaggedCorpus, msra_files, read_conll, read_msra
@@ -112,18 +114,64 @@ class MsraTextConfig:
 
     valid_fraction: float = bounded(0.05, ge=0, lt=1)  # as the tagger's msra-ner: the same held-out sentences
     limit: int = bounded(0, ge=0)  # keep the first N sentences of each split (0: all); for smoke tests
+    extra_text: list[str] = field(default_factory=list)  # more training text that installed packages ship: music21-cn
+
+
+def _music21_chinese() -> tuple[list[str], Path]:
+    """The Chinese running text inside the music21 wheel (its language detector's sample: the start
+    of a Ming-dynasty novel from Project Gutenberg, in Traditional characters), made Simplified
+    with OpenCC (``t2s``) and cut into sentences."""
+    spec = importlib.util.find_spec("music21")  # found, not imported: importing music21 is slow
+    path = (Path(spec.origin).parent / "languageExcerpts" / "trainingData" / "cn.txt"
+            if spec is not None and spec.origin else None)
+    if path is None or not path.is_file():
+        raise DataError("data.extra_text: music21-cn is the Chinese text the music21 package ships; "
+                        "install it (pip install music21)")
+    import opencc
+
+    to_simplified = opencc.OpenCC("t2s")
+    paragraphs: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        # the lines are wrapped at a fixed width; a paragraph starts indented (or after a blank line)
+        if not paragraphs or not line.strip() or line.startswith("\u3000"):
+            paragraphs.append("")
+        paragraphs[-1] += line.strip()
+    sentences = []
+    for paragraph in paragraphs:
+        paragraph = unicodedata.normalize("NFKC", to_simplified.convert(paragraph))
+        if re.search("[\u4e00-\u9fff]", paragraph):  # not the Gutenberg header
+            sentences += [part.strip() for part in re.findall("[^。!?]+[。!?」]*", paragraph) if part.strip()]
+    return sentences, path
+
+
+EXTRA_TEXT = {"music21-cn": _music21_chinese}
 
 
 def msra_text_provider(data: MsraTextConfig, *, base: Path) -> dict[str, TextCorpus]:
     """MSRA's training sentences (without the ones ``msra-ner`` with the same ``valid_fraction``
-    holds out, which become ``valid``) and test sentences, one a line, characters unspaced."""
+    holds out, which become ``valid``) and test sentences, one a line, characters unspaced; with
+    ``extra_text``, the training split is followed by those texts' sentences."""
+    check_msra_text(data, base=base)
     splits = msra_provider(MsraConfig(valid_fraction=data.valid_fraction, limit=data.limit), base=base)
     # NFKC, as the tagger reads characters (full-width digits and letters fold to ASCII), so that
     # encoder.init_from maps the LM's character embeddings onto the tagger's
-    return {name: TextCorpus([unicodedata.normalize("NFKC", "".join(words)) for words, _ in corpus.sentences],
-                             corpus.path)
-            for name, corpus in splits.items()}
+    corpora = {name: TextCorpus([unicodedata.normalize("NFKC", "".join(words)) for words, _ in corpus.sentences],
+                                corpus.path)
+               for name, corpus in splits.items()}
+    for name in data.extra_text:
+        lines, path = EXTRA_TEXT[name]()
+        train = corpora["train"]
+        corpora["train"] = TextCorpus(train.lines + lines[: data.limit or None], f"{train.path} + {path}")
+    return corpora
+
+
+def check_msra_text(data: MsraTextConfig, *, base: Path) -> None:
+    """The extra texts a recipe names are known ones (before anything is read)."""
+    unknown = [name for name in data.extra_text if name not in EXTRA_TEXT]
+    if unknown:
+        raise RecipeError(f"data.extra_text: unknown text {unknown[0]!r}; known: {', '.join(EXTRA_TEXT)}")
 
 
 msra_text_provider.task = "language-model"  # type: ignore[attr-defined]
+msra_text_provider.check = check_msra_text  # type: ignore[attr-defined]
 msra_text_provider.Config = MsraTextConfig  # type: ignore[attr-defined]
