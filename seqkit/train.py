@@ -151,6 +151,7 @@ class Trainer:
         self.stats: dict[str, float] = {}
         self._stop_requested = False  # a signal reached this process
         self._stop_all = False  # data-parallel: a signal reached some process (agreed on every step)
+        self._rank0_elapsed = 0.0  # data-parallel: rank 0's training time after the last step
         self._signal_time = 0.0
         self.stop_signal: int | None = None  # the signal that stopped training, if one did
         self._ddp: nn.Module | None = None  # the DistributedDataParallel wrapper training steps go through
@@ -231,7 +232,7 @@ class Trainer:
                 return "early_stopping"
             if self._no_time_for_epoch():
                 return "time_limit"
-            epoch_started = self._elapsed() if st.batch == 0 else None
+            epoch_started = self._budget_clock() if st.batch == 0 and config.max_minutes > 0 else None
             with preserved_rng():  # batching must not shift the RNG stream dropout uses
                 batches = self.train_batches(st.epoch)
             self._steps_per_epoch = len(batches)
@@ -250,7 +251,7 @@ class Trainer:
             self._validate(partial=False)
             self._save_snapshot(st.epoch + 1)
             if epoch_started is not None:
-                st.epoch_seconds = self._elapsed() - epoch_started
+                st.epoch_seconds = self._budget_clock() - epoch_started
             st.epoch, st.batch = st.epoch + 1, 0
             st.epoch_loss, st.epoch_steps = 0.0, 0
             self._save_last()
@@ -285,7 +286,8 @@ class Trainer:
                     return "interrupted"
                 if self._limit_reached():
                     return "max_steps" if st.batch < len(batches) else None
-                if self._out_of_time() and st.batch < len(batches):
+                if config.max_minutes > 0 and st.batch < len(batches) and self._out_of_time(
+                        self._elapsed() if self.dist is None else self._rank0_elapsed):
                     return "time_limit"
                 # At the epoch end the epoch-end checkpoint follows anyway.
                 if (config.checkpoint_every > 0 and st.step % config.checkpoint_every == 0
@@ -373,12 +375,13 @@ class Trainer:
         local = float(loss.detach())
         items = int(part.num_items) if real else 0
         every = ctx.gather([local * count if count else 0.0, count, items,
-                            float(self._stop_requested), float(self.stop_signal or 0)])
+                            float(self._stop_requested), float(self.stop_signal or 0), self._elapsed()])
         total = sum(row[1] for row in every)
         if total <= 0:
             raise SeqkitError(f"step {self.state.step + 1}: the batch's loss is a mean over nothing "
                               "(ModelOutput.count is 0 on every rank)")
         self._stop_all = any(row[3] for row in every)
+        self._rank0_elapsed = every[0][5]  # so that every rank takes the same max_minutes decision
         if self._stop_all:
             self.stop_signal = int(max(row[4] for row in every)) or None
         self._out_state = out.state if isinstance(out, ModelOutput) else None
@@ -725,17 +728,23 @@ class Trainer:
     def _limit_reached(self) -> bool:
         return self.config.max_steps > 0 and self.state.step >= self.config.max_steps
 
-    def _out_of_time(self) -> bool:
-        return self.config.max_minutes > 0 and self._elapsed() >= 60 * self.config.max_minutes
+    def _budget_clock(self) -> float:
+        """Training seconds so far; data-parallel: rank 0's on every rank (a collective: call it
+        where all ranks are together), so that all stop at the same ``max_minutes`` point."""
+        return self._elapsed() if self.dist is None else float(self.dist.broadcast(self._elapsed()))
+
+    def _out_of_time(self, seconds: float) -> bool:
+        return self.config.max_minutes > 0 and seconds >= 60 * self.config.max_minutes
 
     def _no_time_for_epoch(self) -> bool:
         """``max_minutes``: the budget is spent, or the next epoch, if it takes as long as the
         last whole one did, would end past it."""
         if self.config.max_minutes <= 0:
             return False
+        now = self._budget_clock()
         if self.state.batch > 0:  # resuming mid-epoch: finish it unless the budget is spent
-            return self._out_of_time()
-        return self._elapsed() + self.state.epoch_seconds >= 60 * self.config.max_minutes
+            return self._out_of_time(now)
+        return self._out_of_time(now + self.state.epoch_seconds)
 
     def _patience_exhausted(self) -> bool:
         return (self.config.patience > 0 and self.valid_batches is not None

@@ -154,6 +154,17 @@ def test_a_batch_with_fewer_rows_than_processes_trains(tmp_path):
     _close(a[:STEPS], b[:STEPS], 1e-5)
 
 
+def test_a_time_budget_stops_every_process_at_the_same_step(tmp_path):
+    """Each process has its own clock; they must agree on when train.max_minutes is spent (rank 0's
+    clock decides), or one would wait forever in the next step's exchange for the other."""
+    sets = [*NER_SETS, "train.epochs=40", "train.max_minutes=0.02"]  # 1.2 s: far less than 40 epochs
+    done = _run(CONLL, tmp_path / "run", nproc=2, sets=sets, timeout=240)
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stopped"] == "time_limit" and metrics["processes"] == 2
+    assert 0 < metrics["steps"] < 40 * 25 and "Traceback" not in done.stderr
+
+
 WORDS = "the a cat dog bird sat ran flew on under over mat log tree".split()
 
 

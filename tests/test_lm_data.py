@@ -331,7 +331,7 @@ def test_msra_text_is_the_taggers_sentences_unspaced() -> None:
 @needs_msra
 @needs_music21
 def test_music21_chinese_text_joins_the_training_split_simplified() -> None:
-    from seqkit.data.providers import MsraTextConfig, msra_text_provider
+    from seqkit.data.providers import MsraTextConfig, _music21_chinese, msra_text_provider
 
     plain = msra_text_provider(MsraTextConfig(limit=30), base=Path("."))
     more = msra_text_provider(MsraTextConfig(limit=30, extra_text=["music21-cn"]), base=Path("."))
@@ -340,12 +340,13 @@ def test_music21_chinese_text_joins_the_training_split_simplified() -> None:
     assert more["train"].lines[:count] == plain["train"].lines
     extra = more["train"].lines[count:]
     assert len(extra) == 30 and "cn.txt" in more["train"].path
-    whole = msra_text_provider(MsraTextConfig(extra_text=["music21-cn"]), base=Path("."))["train"]
-    novel = "".join(whole.lines[len(msra_text_provider(MsraTextConfig(), base=Path("."))["train"].lines):])
+    sentences, _ = _music21_chinese()
+    assert extra == sentences[:30]
+    novel = "".join(sentences)
     assert len(novel) > 140_000 and "GUTENBERG" not in novel
     # made Simplified: the novel's commonest Traditional forms are gone, their Simplified ones there
     assert not set("為與無見") & set(novel) and set("为与无见") <= set(novel)
-    assert any(line.endswith("需之笑谭,即缙绅家辄藉为悦耳目。") for line in whole.lines)  # wrapped, joined
+    assert any(line.endswith("需之笑谭,即缙绅家辄藉为悦耳目。") for line in sentences)  # wrapped, joined
 
 
 def test_unknown_extra_text_is_refused_before_reading() -> None:
