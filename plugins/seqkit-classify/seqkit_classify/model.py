@@ -245,32 +245,45 @@ class Classifier(nn.Module):
         return {"accuracy": 100.0 * right / max(total, 1), "loss": loss / max(total, 1)}
 
     @torch.inference_mode()
-    def classify(self, texts, *, batch_size: int = 64):
-        """The class of each text with the probability of every class, the tokens and (attention
-        heads) their attention weights averaged over heads. One string in, one dict out."""
-        items, single = text_inputs(texts, "classify")
+    def predict(self, texts: list[str], *, batch_size: int = 64):
+        """For each batch of ``texts``: the texts, their tokens, the class probabilities ``(n, C)``
+        and the attention weights averaged over heads ``(n, L)`` (None for other pools)."""
         check_batch_size(batch_size)
         self.eval()
         device = next(self.parameters()).device
-        results = []
-        for start in range(0, len(items), batch_size):
-            chunk = items[start: start + batch_size]
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start: start + batch_size]
             encoded = [self.vocab.encode(t) for t in chunk]
             grams = [self.vocab.grams(t) for t, _ in encoded] if self.vocab.subwords else None
             logits, weights = self.logits(make_batch([ids for _, ids in encoded], None, grams).to(device))
             probs = logits.sigmoid() if self.multi_label else logits.softmax(-1)
-            for row, (toks, _) in enumerate(encoded):
-                p = {label: round(float(probs[row, i]), 4) for i, label in enumerate(self.vocab.labels)}
-                if self.multi_label:
-                    label: Any = [lab for lab, v in p.items() if v > 0.5]
-                else:
-                    label = max(p, key=p.get)
-                result = {"text": chunk[row], "label": label, "probs": p, "tokens": toks}
+            yield chunk, [toks for toks, _ in encoded], probs.cpu(), None if weights is None else weights.mean(1).cpu()
+
+    def probabilities(self, texts, *, batch_size: int = 64) -> Tensor:
+        """The class probabilities ``(N, C)`` of ``texts``, unrounded (columns: ``vocab.labels``)."""
+        items, _ = text_inputs(texts, "probabilities")
+        parts = [probs for _, _, probs, _ in self.predict(items, batch_size=batch_size)]
+        return torch.cat(parts) if parts else torch.zeros(0, len(self.vocab.labels))
+
+    def decide(self, probs: Tensor) -> list[Any]:
+        """Each row's label: the most probable class, or (multi-label) every class above 0.5."""
+        if self.multi_label:
+            return [[lab for lab, v in zip(self.vocab.labels, row) if v > 0.5] for row in probs.tolist()]
+        return [self.vocab.labels[i] for i in probs.argmax(-1).tolist()]
+
+    def classify(self, texts, *, batch_size: int = 64):
+        """The class of each text with the probability of every class, the tokens and (attention
+        heads) their attention weights averaged over heads. One string in, one dict out."""
+        items, single = text_inputs(texts, "classify")
+        results = []
+        for chunk, tokens, probs, weights in self.predict(items, batch_size=batch_size):
+            for row, (text, toks, label) in enumerate(zip(chunk, tokens, self.decide(probs))):
+                p = {lab: round(float(probs[row, i]), 4) for i, lab in enumerate(self.vocab.labels)}
+                result = {"text": text, "label": label, "probs": p, "tokens": toks}
                 if weights is not None:
-                    result["attention"] = [round(float(w), 4) for w in weights[row].mean(0)[: len(toks)]]
+                    result["attention"] = [round(float(w), 4) for w in weights[row][: len(toks)]]
                 results.append(result)
         return results[0] if single else results
-
 
     def export_spec(self) -> Any:
         """What ``seqkit export`` writes: ids (N, L), lengths (N,) and, with ``task.subwords``, the

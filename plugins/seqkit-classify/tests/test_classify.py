@@ -253,3 +253,96 @@ def test_subword_range_is_checked(recipe, tmp_path):
     with pytest.raises(seqkit.RecipeError, match="task.subword_min"):
         seqkit.run_recipe(seqkit.Recipe.load(recipe, ["task.subwords=10", "task.subword_min=6"]), tmp_path / "r",
                           progress=False, log=lambda m: None)
+
+
+def _tiny_mr(tmp_path: Path) -> Path:
+    """An MR-format folder (rt-polarity.pos/.neg) of 120 short sentences, and a 3-fold recipe on it."""
+    rng = random.Random(3)
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    for name, pool in (("pos", POS), ("neg", NEG)):
+        (folder / f"rt-polarity.{name}").write_text(
+            "".join(f"{rng.choice(pool)} {rng.choice(['.', '!', ''])}\n" for _ in range(60)), encoding="latin-1")
+    path = tmp_path / "cv.yaml"
+    path.write_text("task: {name: classification, embedding_dim: 8, baseline: tfidf-lr}\n"
+                    "data: {dataset: mr, folder: mr, folds: 3, fold: 0}\n"
+                    "encoder: {hidden_size: 8, num_layers: 1}\nhead: {name: pooling, pool: mean}\n"
+                    "train: {epochs: 1, batch_size: 16, lr: 0.01, threads: 1}\ndevice: cpu\n", encoding="utf-8")
+    return path
+
+
+def test_cv_with_seeds_trains_each_fold_per_seed_and_scores_their_ensemble(tmp_path):
+    recipe = _tiny_mr(tmp_path)
+    out = tmp_path / "cv"
+    result = CliRunner().invoke(cli(), ["classify-cv", str(recipe), "--out", str(out), "--seeds", "4,5",
+                                        "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "cv.json").read_text())
+    assert summary["seeds"] == [4, 5] and len(summary["runs"]) == 3
+    for row in summary["runs"]:
+        fold = row["fold"]
+        runs = [out / f"fold-{fold}-seed-{s}" for s in (4, 5)]
+        singles = [json.loads((r / "metrics.json").read_text())["accuracy"] for r in runs]
+        assert row["seeds"] == {"4": singles[0], "5": singles[1]}
+        assert row["accuracy"] == round(sum(singles) / 2, 2)
+        assert seqkit.load(runs[0]).recipe.train.seed == 4 and seqkit.load(runs[1]).recipe.train.seed == 5
+        # the ensemble is the mean of the two models' probabilities on the fold's test split
+        models = [seqkit.load(r) for r in runs]
+        assert models[0].recipe.data.fold == fold  # the run's own recipe names its fold
+        texts, labels = _fold_test(models[0])
+        mean = (models[0].probabilities(texts) + models[1].probabilities(texts)) / 2
+        right = sum(models[0].vocab.labels[i] == gold for i, gold in zip(mean.argmax(-1).tolist(), labels))
+        assert row["ensemble_accuracy"] == round(100.0 * right / len(labels), 2)
+    assert summary["ensemble_accuracy"] == round(sum(r["ensemble_accuracy"] for r in summary["runs"]) / 3, 2)
+    assert summary["vs_baseline"]["compared"] == "ensemble_accuracy"
+    # finished folds are kept: a second call trains nothing and gives the same summary
+    again = CliRunner().invoke(cli(), ["classify-cv", str(recipe), "--out", str(out), "--seeds", "4,5",
+                                       "--no-progress"])
+    assert again.exit_code == 0 and again.output.count("done earlier") == 6
+    assert json.loads((out / "cv.json").read_text()) == summary
+
+
+def _fold_test(model) -> tuple[list[str], list[str]]:
+    from seqkit.tasks import load_splits
+
+    test = load_splits(model.recipe, ["test"])["test"]
+    return list(test.texts), list(test.labels)
+
+
+@pytest.mark.parametrize("seeds", ["1,x", "2,2", ","])
+def test_bad_seed_lists_are_one_clear_error(tmp_path, seeds):
+    recipe = _tiny_mr(tmp_path)
+    result = CliRunner().invoke(cli(), ["classify-cv", str(recipe), "--out", str(tmp_path / "cv"), "--seeds", seeds])
+    assert result.exit_code == 2 and "--seeds" in result.output and "e.g. 1,2,3" in result.output
+    assert not (tmp_path / "cv").exists()
+
+
+def test_classify_with_other_runs_averages_their_probabilities(recipe, tmp_path):
+    runs = []
+    for seed in (1, 2):
+        runs.append(tmp_path / f"run{seed}")
+        seqkit.run_recipe(seqkit.Recipe.load(recipe, [f"train.seed={seed}", "train.epochs=1"]), runs[-1],
+                          progress=False, log=lambda m: None)
+    texts = ["a dull mess", "brilliant acting"]
+    single = [seqkit.load(r).probabilities(texts) for r in runs]
+    result = CliRunner().invoke(cli(), ["classify", str(runs[0]), *texts, "--with", str(runs[1]), "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    labels = seqkit.load(runs[0]).vocab.labels
+    for row, line in enumerate(lines):
+        mean = (single[0][row] + single[1][row]) / 2
+        assert line["members"] == 2 and line["label"] == labels[int(mean.argmax())]
+        assert line["probs"] == {lab: round(float(p), 4) for lab, p in zip(labels, mean)}
+        assert single[0][row].tolist() != single[1][row].tolist()  # two different models
+
+
+def test_an_ensemble_needs_the_same_classes(recipe, tmp_path):
+    first, other = tmp_path / "a", tmp_path / "b"
+    seqkit.run_recipe(seqkit.Recipe.load(recipe, ["train.epochs=1"]), first, progress=False, log=lambda m: None)
+    rows = ["text\tlabel"] + [f"{t}\t{c}" for t, c in zip(POS + NEG, "xyzxyzxyzx")]
+    (tmp_path / "three.tsv").write_text("\n".join(rows * 8) + "\n", encoding="utf-8")
+    seqkit.run_recipe(seqkit.Recipe.load(recipe, ["train.epochs=1", f"data.train={tmp_path / 'three.tsv'}",
+                                                  f"data.test={tmp_path / 'three.tsv'}"]), other,
+                      progress=False, log=lambda m: None)
+    result = CliRunner().invoke(cli(), ["classify", str(first), "fine", "--with", str(other)])
+    assert result.exit_code != 0 and "an ensemble needs the same classes" in result.output
