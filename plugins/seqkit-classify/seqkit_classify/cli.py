@@ -106,7 +106,7 @@ def fold_ensemble(runs: list[Path]) -> float:
     check_members(models, runs)
     test = load_splits(models[0].recipe, ["test"])["test"]
     probs = ensemble_probabilities(models, list(test.texts))
-    return round(accuracy(models[0].decide(probs), list(test.labels)), 2)
+    return accuracy(models[0].decide(probs), list(test.labels))
 
 
 @click.command("classify-cv")
@@ -158,13 +158,14 @@ def cv_cmd(recipe: Path, out: Path, seeds: list[int] | None, overrides: tuple[st
             summary[key] = round(statistics.mean(values), 2)
             summary[f"{key}_std"] = round(statistics.stdev(values), 2) if len(values) > 1 else 0.0
     best = "ensemble_accuracy" if seeds else "accuracy"
-    paired = [r[best] - r["baseline_accuracy"] for r in rows
+    paired = [round(r[best] - r["baseline_accuracy"], 6) for r in rows
               if r.get(best) is not None and r["baseline_accuracy"] is not None]
     if paired:  # the same folds: a paired comparison is tighter than the two spreads
         summary["vs_baseline"] = {"compared": best, "mean_difference": round(statistics.mean(paired), 2),
                                   "standard_error": round(statistics.stdev(paired) / len(paired) ** 0.5, 2)
                                   if len(paired) > 1 else None,
-                                  "folds_better": sum(d > 0 for d in paired), "folds_worse": sum(d < 0 for d in paired)}
+                                  "folds_better": sum(d > 0 for d in paired), "folds_worse": sum(d < 0 for d in paired),
+                                  "folds_level": sum(d == 0 for d in paired)}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "cv.json", summary)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "runs"}))

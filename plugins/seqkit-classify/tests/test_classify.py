@@ -292,9 +292,13 @@ def test_cv_with_seeds_trains_each_fold_per_seed_and_scores_their_ensemble(tmp_p
         texts, labels = _fold_test(models[0])
         mean = (models[0].probabilities(texts) + models[1].probabilities(texts)) / 2
         right = sum(models[0].vocab.labels[i] == gold for i, gold in zip(mean.argmax(-1).tolist(), labels))
-        assert row["ensemble_accuracy"] == round(100.0 * right / len(labels), 2)
+        assert row["ensemble_accuracy"] == pytest.approx(100.0 * right / len(labels))
     assert summary["ensemble_accuracy"] == round(sum(r["ensemble_accuracy"] for r in summary["runs"]) / 3, 2)
-    assert summary["vs_baseline"]["compared"] == "ensemble_accuracy"
+    paired = summary["vs_baseline"]
+    differences = [r["ensemble_accuracy"] - r["baseline_accuracy"] for r in summary["runs"]]
+    assert paired["compared"] == "ensemble_accuracy"
+    assert paired["folds_better"] == sum(d > 1e-9 for d in differences)
+    assert paired["folds_worse"] == sum(d < -1e-9 for d in differences)
     # finished folds are kept: a second call trains nothing and gives the same summary
     again = CliRunner().invoke(cli(), ["classify-cv", str(recipe), "--out", str(out), "--seeds", "4,5",
                                        "--no-progress"])
