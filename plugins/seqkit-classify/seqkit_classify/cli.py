@@ -139,7 +139,7 @@ def cv_cmd(recipe: Path, out: Path, seeds: list[int] | None, overrides: tuple[st
                    for seed, run in runs.items()}
         first = next(iter(metrics.values()))
         scores = [m.get("accuracy") for m in metrics.values() if m.get("accuracy") is not None]
-        row = {"fold": fold, "accuracy": round(statistics.mean(scores), 2) if scores else None,
+        row = {"fold": fold, "accuracy": statistics.mean(scores) if scores else None,
                "baseline_accuracy": first.get("baseline_accuracy"), "epochs": first.get("epochs"),
                "wall_time_s": round(sum(m.get("wall_time_s") or 0 for m in metrics.values()), 1)}
         line = f"fold {fold}: accuracy {row['accuracy'] if row['accuracy'] is not None else float('nan'):.2f}"

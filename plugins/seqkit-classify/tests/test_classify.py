@@ -284,7 +284,7 @@ def test_cv_with_seeds_trains_each_fold_per_seed_and_scores_their_ensemble(tmp_p
         runs = [out / f"fold-{fold}-seed-{s}" for s in (4, 5)]
         singles = [json.loads((r / "metrics.json").read_text())["accuracy"] for r in runs]
         assert row["seeds"] == {"4": singles[0], "5": singles[1]}
-        assert row["accuracy"] == round(sum(singles) / 2, 2)
+        assert row["accuracy"] == pytest.approx(sum(singles) / 2)
         assert seqkit.load(runs[0]).recipe.train.seed == 4 and seqkit.load(runs[1]).recipe.train.seed == 5
         # the ensemble is the mean of the two models' probabilities on the fold's test split
         models = [seqkit.load(r) for r in runs]
@@ -304,6 +304,24 @@ def test_cv_with_seeds_trains_each_fold_per_seed_and_scores_their_ensemble(tmp_p
                                        "--no-progress"])
     assert again.exit_code == 0 and again.output.count("done earlier") == 6
     assert json.loads((out / "cv.json").read_text()) == summary
+
+
+def test_cv_without_seeds_runs_one_model_per_fold_and_pairs_it_with_the_baseline(tmp_path):
+    recipe = _tiny_mr(tmp_path)
+    out = tmp_path / "cv"
+    result = CliRunner().invoke(cli(), ["classify-cv", str(recipe), "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "cv.json").read_text())
+    assert "seeds" not in summary and "ensemble_accuracy" not in summary
+    for row in summary["runs"]:
+        metrics = json.loads((out / f"fold-{row['fold']}" / "metrics.json").read_text())
+        assert row["accuracy"] == metrics["accuracy"] and row["baseline_accuracy"] == metrics["baseline_accuracy"]
+    differences = [r["accuracy"] - r["baseline_accuracy"] for r in summary["runs"]]
+    paired = summary["vs_baseline"]
+    assert paired["compared"] == "accuracy"
+    assert (paired["folds_better"], paired["folds_worse"], paired["folds_level"]) == (
+        sum(d > 1e-9 for d in differences), sum(d < -1e-9 for d in differences),
+        sum(abs(d) <= 1e-9 for d in differences))
 
 
 def _fold_test(model) -> tuple[list[str], list[str]]:
