@@ -12,7 +12,7 @@ import click
 import seqkit
 from seqkit.tasks import load_splits, write_json
 
-from .ensemble import accuracy, check_members, ensemble_classify, ensemble_probabilities
+from .ensemble import accuracy, check_members, ensemble_probabilities
 
 
 @click.command("classify")
@@ -30,7 +30,7 @@ def classify_cmd(run: Path, texts: tuple[str, ...], others: tuple[Path, ...], as
     runs = [run, *others]
     models = [seqkit.load(r) for r in runs]
     check_members(models, runs)
-    results = ensemble_classify(models, list(texts), batch_size=64)
+    results = models[0].classify(list(texts), members=models[1:])
     for result in results:
         if as_json:
             click.echo(json.dumps(result, ensure_ascii=False))
@@ -106,7 +106,7 @@ def fold_ensemble(runs: list[Path]) -> float:
     check_members(models, runs)
     test = load_splits(models[0].recipe, ["test"])["test"]
     probs = ensemble_probabilities(models, list(test.texts))
-    return accuracy(models[0].decide(probs), list(test.labels))
+    return accuracy(models[0].decide(probs), list(test.labels), models[0].vocab.labels)
 
 
 @click.command("classify-cv")

@@ -1,6 +1,6 @@
 """Seed ensembles: the same recipe trained with different ``train.seed`` values, their class
-probabilities averaged. ``seqkit classify RUN --with RUN2 ...`` classifies with one, and
-``seqkit classify-cv --seeds 1,2,3`` scores one per fold."""
+probabilities averaged. ``seqkit classify RUN --with RUN2 ...`` (``model.classify(texts,
+members=[...])``) classifies with one, and ``seqkit classify-cv --seeds 1,2,3`` scores one per fold."""
 
 from __future__ import annotations
 
@@ -31,22 +31,13 @@ def ensemble_probabilities(models: Sequence[Any], texts: list[str], *, batch_siz
     return torch.stack([m.probabilities(texts, batch_size=batch_size) for m in models]).mean(0)
 
 
-def ensemble_classify(models: Sequence[Any], texts: list[str], *, batch_size: int = 256) -> list[dict[str, Any]]:
-    """The first model's results (tokens, attention) with ``probs`` the mean of every model's
-    probabilities and ``label`` chosen from that mean."""
-    results = models[0].classify(texts, batch_size=batch_size)
-    if len(models) == 1:
-        return results
-    probs = ensemble_probabilities(models, texts, batch_size=batch_size)
-    labels = models[0].vocab.labels
-    for result, row, label in zip(results, probs.tolist(), models[0].decide(probs)):
-        result.update(label=label, probs={lab: round(p, 4) for lab, p in zip(labels, row)}, members=len(models))
-    return results
-
-
-def accuracy(predicted: list[Any], gold: list[Any]) -> float:
+def accuracy(predicted: list[Any], gold: list[Any], labels: list[str]) -> float:
     """Percent of texts whose label (or, multi-label, whose whole set of labels) is right."""
-    def norm(item: Any) -> Any:
-        return sorted(item) if isinstance(item, list) else item
+    from sklearn.metrics import accuracy_score
+    from sklearn.preprocessing import MultiLabelBinarizer
 
-    return 100.0 * sum(norm(p) == norm(g) for p, g in zip(predicted, gold)) / max(len(gold), 1)
+    if any(isinstance(item, list) for item in [*predicted, *gold]):  # multi-label: exact set match
+        binarizer = MultiLabelBinarizer(classes=labels).fit([labels])
+        predicted = binarizer.transform([p if isinstance(p, list) else [p] for p in predicted])
+        gold = binarizer.transform([g if isinstance(g, list) else [g] for g in gold])
+    return 100.0 * accuracy_score(gold, predicted)

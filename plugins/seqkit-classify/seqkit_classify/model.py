@@ -15,7 +15,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -271,17 +271,27 @@ class Classifier(nn.Module):
             return [[lab for lab, v in zip(self.vocab.labels, row) if v > 0.5] for row in probs.tolist()]
         return [self.vocab.labels[i] for i in probs.argmax(-1).tolist()]
 
-    def classify(self, texts, *, batch_size: int = 64):
+    def classify(self, texts, *, batch_size: int = 64, members: Sequence["Classifier"] = ()):
         """The class of each text with the probability of every class, the tokens and (attention
-        heads) their attention weights averaged over heads. One string in, one dict out."""
+        heads) their attention weights averaged over heads. One string in, one dict out.
+        ``members``: other classifiers with the same classes (a seed ensemble); the probabilities are
+        then the mean of this model's and theirs, the tokens and attention this model's."""
         items, single = text_inputs(texts, "classify")
+        if members:
+            from .ensemble import check_members
+
+            check_members([self, *members], ["this model", *(f"member {i + 1}" for i in range(len(members)))])
         results = []
         for chunk, tokens, probs, weights in self.predict(items, batch_size=batch_size):
+            if members:
+                probs = torch.stack([probs, *(m.probabilities(chunk, batch_size=batch_size) for m in members)]).mean(0)
             for row, (text, toks, label) in enumerate(zip(chunk, tokens, self.decide(probs))):
                 p = {lab: round(float(probs[row, i]), 4) for i, lab in enumerate(self.vocab.labels)}
                 result = {"text": text, "label": label, "probs": p, "tokens": toks}
                 if weights is not None:
                     result["attention"] = [round(float(w), 4) for w in weights[row][: len(toks)]]
+                if members:
+                    result["members"] = 1 + len(members)
                 results.append(result)
         return results[0] if single else results
 

@@ -285,9 +285,9 @@ def test_cv_with_seeds_trains_each_fold_per_seed_and_scores_their_ensemble(tmp_p
         singles = [json.loads((r / "metrics.json").read_text())["accuracy"] for r in runs]
         assert row["seeds"] == {"4": singles[0], "5": singles[1]}
         assert row["accuracy"] == pytest.approx(sum(singles) / 2)
-        assert seqkit.load(runs[0]).recipe.train.seed == 4 and seqkit.load(runs[1]).recipe.train.seed == 5
-        # the ensemble is the mean of the two models' probabilities on the fold's test split
         models = [seqkit.load(r) for r in runs]
+        assert models[0].recipe.train.seed == 4 and models[1].recipe.train.seed == 5
+        # the ensemble is the mean of the two models' probabilities on the fold's test split
         assert models[0].recipe.data.fold == fold  # the run's own recipe names its fold
         texts, labels = _fold_test(models[0])
         mean = (models[0].probabilities(texts) + models[1].probabilities(texts)) / 2
@@ -368,3 +368,11 @@ def test_an_ensemble_needs_the_same_classes(recipe, tmp_path):
                       progress=False, log=lambda m: None)
     result = CliRunner().invoke(cli(), ["classify", str(first), "fine", "--with", str(other)])
     assert result.exit_code != 0 and "an ensemble needs the same classes" in result.output
+
+
+def test_ensemble_accuracy_counts_whole_label_sets():
+    from seqkit_classify.ensemble import accuracy
+
+    assert accuracy(["pos", "neg", "pos", "pos"], ["pos", "pos", "pos", "neg"], ["neg", "pos"]) == 50.0
+    labels = ["a", "b", "c"]
+    assert accuracy([["b", "a"], [], ["c"]], [["a", "b"], [], ["a", "c"]], labels) == pytest.approx(200 / 3)
