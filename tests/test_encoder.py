@@ -45,6 +45,42 @@ def test_fused_and_generic_agree(cell, layers, bidir):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(min_value=0, max_value=8), min_size=1, max_size=6),
+    pad=st.integers(min_value=0, max_value=2),
+    cell=st.sampled_from(["lstm", "gru"]),
+    layers=st.integers(min_value=1, max_value=2),
+    directions=st.sampled_from(["forward", "bidirectional", "split"]),
+    carried=st.booleans(),
+)
+def test_inference_runs_packed_and_agrees_with_the_frozen_path(lengths, pad, cell, layers, directions, carried):
+    """In eval mode a batch of mixed lengths runs packed (no padded step computed); its outputs
+    and final states equal the frozen-padding path's, which training keeps using."""
+    torch.manual_seed(3)
+    enc = seqkit.Encoder(3, 4, num_layers=layers, cell=cell, directions=directions, batch_first=True).double()
+    total = max(lengths) + pad or 1  # (a batch of no steps at all is not this test's business)
+    x = torch.randn(len(lengths), total, 3, dtype=torch.float64)
+    lens = torch.tensor(lengths)
+    state = None
+    if carried and directions == "forward":
+        state = tuple(torch.randn(layers, len(lengths), 4, dtype=torch.float64) for _ in range(1 + (cell == "lstm")))
+    packed_calls = []
+    real = enc._packed_stack
+    enc._packed_stack = lambda *a: packed_calls.append(1) or real(*a)
+
+    out, final = enc(x, lens, state)  # training mode: never packed
+    assert not packed_calls
+    enc.eval()
+    with torch.no_grad():
+        out_p, final_p = enc(x, lens, state)
+    mixed = min(lengths) < total
+    assert len(packed_calls) == (mixed and min(lengths) > 0 and directions != "split")
+    torch.testing.assert_close(out_p, out.detach())
+    for a, b in zip(final_p, final):
+        torch.testing.assert_close(a, b.detach())
+
+
 def test_matches_nn_lstm_on_full_length():
     torch.manual_seed(0)
     ref = nn.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True)
