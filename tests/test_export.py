@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import seqkit
 import seqkit.testing
@@ -113,7 +115,8 @@ def test_exported_tagger_tags_as_seqkit_does(tagger_runs, tmp_path, fmt, kind):
     texts = [" ".join(words) for words, _ in read_conll(CONLL.parent / "example" / "test.conll").sentences]
     texts += ["", "Unseen Zyx words here", "a"]
     exported = _runtime(tmp_path / "out")
-    assert exported.tag(texts) == seqkit.load(run).tag(texts)
+    want = seqkit.load(run).tag(texts)
+    assert exported.tag(texts) == want and exported.tag(texts, batch_size=3) == want
     assert exported.tag(texts[0]) == seqkit.load(run).tag(texts[0])
 
 
@@ -209,9 +212,26 @@ def test_exported_speech_model_transcribes_as_seqkit(tmp_path, directions):
                                                                                       (1.3, 350))]
     want = [r["text"] for r in model.transcribe(waves, sample_rate=16000)]
     assert exported.transcribe(waves) == want and exported.transcribe(waves[0]) == want[0]
+    assert exported.transcribe(waves, batch_size=1) == want and exported.transcribe([]) == []
     assert any(want), "an untrained model that says nothing would make this check empty"
     feats = model.fbank(torch.from_numpy(waves[0])).numpy()
     np.testing.assert_allclose(exported.features(waves[0]), feats, atol=2e-3)  # log-mel in numpy vs torchaudio
+
+
+@settings(max_examples=80, deadline=None)
+@given(lengths=st.lists(st.integers(0, 200), max_size=70), batch_size=st.integers(1, 70))
+def test_the_runtime_batches_items_of_similar_length(lengths, batch_size):
+    """Every item once, shortest first, no batch over batch_size, none whose longest is more
+    than 1.25 times its shortest (onnxruntime runs each row to its batch's longest)."""
+    from seqkit.export_runtime import batches_by_length
+
+    groups = batches_by_length(lengths, batch_size)
+    flat = [i for group in groups for i in group]
+    assert sorted(flat) == list(range(len(lengths))) and all(groups)
+    assert [lengths[i] for i in flat] == sorted(lengths)
+    for group in groups:
+        longest, shortest = max(lengths[i] for i in group), min(lengths[i] for i in group)
+        assert len(group) <= batch_size and longest <= 1.25 * max(1, shortest)
 
 
 def test_the_runtimes_batched_viterbi_is_the_crfs():
