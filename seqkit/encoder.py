@@ -35,7 +35,9 @@ class Encoder(nn.Module):
     Padding never changes a real position's output: the forward direction stops at each
     sequence's own length and the reverse direction starts at each sequence's own last
     element.  The built-in ``lstm`` and ``gru`` cells run on torch's fused kernels (oneDNN on
-    CPU, cuDNN on GPU); any other :class:`seqkit.Cell` runs through the generic engine.
+    CPU, cuDNN on GPU); any other :class:`seqkit.Cell` runs through the generic engine. In eval
+    mode they run a batch of mixed lengths packed, computing no padded step; in training every
+    row runs to the longest with its padded steps frozen (same results, up to rounding).
 
     Directions:
         ``"forward"``: one direction (D = 1).
