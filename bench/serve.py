@@ -119,8 +119,11 @@ async def level(url: str, texts: list[str], clients: int, requests: int, seconds
 
 
 def _wrk_ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()
-    return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 1)
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not found:
+        raise SystemExit(f"wrk printed a latency this script cannot read: {text!r}")
+    value, unit = found.groups()
+    return round(float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit], 1)
 
 
 def level_wrk(url: str, texts: list[str], clients: int, seconds: float) -> dict:

@@ -27,6 +27,7 @@ _FUSED_KERNELS = {"lstm": torch.lstm, "gru": torch.gru}
 Directions = Literal["forward", "bidirectional", "split"]
 _DIRECTIONS = ("forward", "bidirectional", "split")
 Weights = dict[str, Tensor]  # cell key ("l0_reverse") -> the tensor it uses as recurrent weight
+_PACK_BELOW = 0.6  # at inference, run packed when real steps are under this share of the padded batch
 
 
 class Encoder(nn.Module):
@@ -36,8 +37,9 @@ class Encoder(nn.Module):
     sequence's own length and the reverse direction starts at each sequence's own last
     element.  The built-in ``lstm`` and ``gru`` cells run on torch's fused kernels (oneDNN on
     CPU, cuDNN on GPU); any other :class:`seqkit.Cell` runs through the generic engine. In eval
-    mode they run a batch of mixed lengths packed, computing no padded step; in training every
-    row runs to the longest with its padded steps frozen (same results, up to rounding).
+    mode a batch that is mostly padding runs packed, computing no padded step; otherwise (and
+    always in training) every row runs to the longest with its padded steps frozen (same
+    results, up to rounding).
 
     Directions:
         ``"forward"``: one direction (D = 1).
@@ -234,16 +236,21 @@ class Encoder(nn.Module):
         locked_between = self.locked_dropout and self.dropout and self.training and self.num_layers > 1
         if lens is None and self.fused and not locked_between:
             return self._fused_stack(x, state, weights)
-        if lens is not None and self._packs(lens, weights):
+        if lens is not None and self._packs(lens, x.size(0), weights):
             return self._packed_stack(x, lens, state)
         return self._layers(x, lens, state, weights)
 
-    def _packs(self, lens: list[int], weights: Weights) -> bool:
+    def _packs(self, lens: list[int], length: int, weights: Weights) -> bool:
         """Whether a batch of several lengths runs packed: inference only (eval mode: no dropout
-        between layers, no dropped weights), fused cells, directions sharing one kernel call, and
-        no empty row (torch cannot pack one; the frozen path gives it its initial state)."""
+        between layers, no dropped weights), fused cells, directions sharing one kernel call, no
+        empty row (torch cannot pack one; the frozen path gives it its initial state), and real
+        steps under 60% of the padded batch. torch's packed kernel does less work but does it
+        less efficiently than the padded one (oneDNN on CPU): an MSRA-sized BiLSTM at 1 thread
+        ran 0.63-0.77x the frozen path's time at 49-59% real steps, 1.04-1.25x at 85-96%
+        (docs/results.md, 2026-12-05)."""
         return (self.fused and not self.training and not weights and self.directions != "split"
-                and lens[-1] > 0 and not torch.jit.is_tracing())
+                and lens[-1] > 0 and sum(lens) < _PACK_BELOW * length * len(lens)
+                and not torch.jit.is_tracing())
 
     def _packed_stack(self, x: Tensor, lens: list[int], state: Optional[State]) -> tuple[Tensor, State]:
         """Rows sorted by length, none empty, at inference: torch's multi-layer kernel over the
