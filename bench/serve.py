@@ -143,8 +143,16 @@ def level_wrk(url: str, texts: list[str], clients: int, seconds: float) -> dict:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"clients": clients, "requests": requests, "errors": int(errors.group(1)) if errors else 0,
             "seconds": round(seconds), "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": _wrk_ms(re.search(r"50%\s+(\S+)", out).group(1)),
-            "p99_ms": _wrk_ms(re.search(r"99%\s+(\S+)", out).group(1))}
+            "p50_ms": _wrk_ms(_percentile(out, 50)), "p99_ms": _wrk_ms(_percentile(out, 99))}
+
+
+def _percentile(out: str, p: int) -> str:
+    """A line of wrk's latency distribution ("     50%   12.00ms"), not a "68.50%" of its
+    thread stats that happens to end in the same digits."""
+    found = re.search(rf"^\s*{p}%\s+(\S+)\s*$", out, re.M)
+    if not found:
+        raise SystemExit(f"wrk printed no {p}% latency line:\n{out}")
+    return found.group(1)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -156,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=None, help="seconds per level instead of --requests")
     parser.add_argument("--threads", type=int, default=0,
                         help="the server's --threads (default 0: not passed, so the server's own default, 1)")
+    parser.add_argument("--max-wait-ms", type=float, default=None,
+                        help="the micro-batched server's --max-wait-ms (default: not passed, so the server's own)")
     parser.add_argument("--client", choices=["httpx", "wrk"], default="httpx",
                         help="the load generator: Python asyncio + httpx (default) or wrk")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -166,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
     texts = sentences(args.run)
     result: dict = {"run": str(args.run), "sentences": len(texts), "cores": os.cpu_count(), "client": args.client,
                     "modes": {}}
-    for mode, extra in (("micro-batching", []), ("max-batch 1", ["--max-batch", "1"])):
+    waits = [] if args.max_wait_ms is None else ["--max-wait-ms", str(args.max_wait_ms)]
+    for mode, extra in (("micro-batching", waits), ("max-batch 1", ["--max-batch", "1"])):
         proc, url = start(args.run, extra, args.threads)
         try:
             if args.client == "wrk":

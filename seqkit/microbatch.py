@@ -36,7 +36,8 @@ class MicroBatcher:
             two calls at once.
         max_batch: items per call. A request is never split: one with more items runs alone,
             and ``max_batch=1`` runs every request alone (no micro-batching).
-        max_wait: seconds the oldest waiting request may wait for others to join it.
+        max_wait: seconds the oldest waiting request may wait for others to join it (0: none;
+            a batch is then what gathered while the previous call ran).
         max_queue: items that may wait at once (0: no limit); past it ``submit`` raises
             :class:`QueueFull`.
         on_batch: called as ``on_batch(requests, items)`` after each call of ``fn``.
@@ -47,7 +48,7 @@ class MicroBatcher:
     """
 
     def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], executor: Optional[Executor], *, max_batch: int = 32,
-                 max_wait: float = 0.005, max_queue: int = 0,
+                 max_wait: float = 0.0, max_queue: int = 0,
                  on_batch: Optional[Callable[[int, int], None]] = None,
                  on_depth: Optional[Callable[[int], None]] = None) -> None:
         if max_batch < 1:

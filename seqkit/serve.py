@@ -78,7 +78,7 @@ class Limits:
     ``seqkit serve`` flags of the same names)."""
 
     max_batch: int = 32  # texts per model call; 1: no micro-batching
-    max_wait_ms: float = 5.0  # how long the oldest waiting request waits for others
+    max_wait_ms: float = 0.0  # how long the oldest waiting request waits for others (0: never)
     max_queue: int = 4096  # texts waiting per model and endpoint before 503
     max_body: int = 1 << 20  # bytes of a JSON request body
     max_audio_body: int = 10 << 20  # bytes of an audio upload

@@ -372,6 +372,42 @@ def test_metrics_parse_and_count_requests(client):
     assert _sample(families, "seqkit_generated_tokens", "_total", model="lm") >= 25
 
 
+def test_micro_batcher_waits_for_no_one_by_default_and_gathers_while_busy():
+    """max_wait=0 (the server's default): the first request runs alone; those that arrive while
+    it runs become the next call, together."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from seqkit.microbatch import MicroBatcher
+
+    calls: list[list[str]] = []
+    release = threading.Event()
+
+    def slow(items: list[str]) -> list[str]:
+        calls.append(list(items))
+        if len(calls) == 1:
+            release.wait(5)  # the model is busy with the first request
+        return [item.upper() for item in items]
+
+    async def go():
+        batcher = MicroBatcher(slow, executor)
+        assert batcher.max_wait == 0  # the default: no timer, a lone request runs at once
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        while not calls:
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher.submit([x])) for x in "bcd"]
+        await asyncio.sleep(0.05)
+        release.set()
+        answers = [await first] + [await r for r in rest]
+        await batcher.close()
+        return answers
+
+    with ThreadPoolExecutor(1) as executor:
+        answers = asyncio.run(go())
+    assert answers == [["A"], ["B"], ["C"], ["D"]]
+    assert calls == [["a"], ["b", "c", "d"]]
+
+
 def test_micro_batcher_slices_isolates_a_failing_request_and_bounds_its_queue():
     from concurrent.futures import ThreadPoolExecutor
 

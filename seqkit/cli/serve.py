@@ -42,8 +42,9 @@ class _Size(click.ParamType):
                    "than 1 for an MSRA sentence on 2 cores (docs/deploying.md).")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
               help="Micro-batching: texts per model call for /tag, /score, /embed (1: off).")
-@click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0),
-              help="Micro-batching: how long a request waits for others to join its batch.")
+@click.option("--max-wait-ms", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Micro-batching: how long a request waits for others to join its batch (0: never; a batch "
+                   "is what gathered while the model was busy).")
 @click.option("--max-queue", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Texts that may wait per model and endpoint; past it: 503.")
 @click.option("--max-body", default="1MB", show_default=True, type=_Size(), help="Largest JSON request body.")
