@@ -255,8 +255,8 @@ class Encoder(nn.Module):
     def _packed_stack(self, x: Tensor, lens: list[int], state: Optional[State]) -> tuple[Tensor, State]:
         """Rows sorted by length, none empty, at inference: torch's multi-layer kernel over the
         packed batch, which never computes a padded step. The frozen path (:meth:`_layers`) runs
-        every row to the longest length; on a batch of sentences of mixed lengths this one does
-        about half the work. Same outputs and final states, up to rounding."""
+        every row to the longest length; :meth:`_packs` sends here only batches where that would
+        be mostly padding. Same outputs and final states, up to rounding."""
         first = self.cells["l0"]
         k, n = self.num_layers * self.num_directions, x.size(1)
         if state is None:

@@ -393,8 +393,11 @@ def test_micro_batcher_waits_for_no_one_by_default_and_gathers_while_busy():
         batcher = MicroBatcher(slow, executor)
         assert batcher.max_wait == 0  # the default: no timer, a lone request runs at once
         first = asyncio.ensure_future(batcher.submit(["a"]))
-        while not calls:
+        for _ in range(5000):  # at most 5 s for the first call to start
+            if calls:
+                break
             await asyncio.sleep(0.001)
+        assert calls == [["a"]], "the first request never reached the model"
         rest = [asyncio.ensure_future(batcher.submit([x])) for x in "bcd"]
         await asyncio.sleep(0.05)
         release.set()

@@ -32,4 +32,4 @@ def test_unseen_token_is_unk() -> None:
     vocab = TextVocab.build([(list("ab"), ["O", "O"])], TokenFeatures(), "chars")
     ids, _ = vocab.encode([list("abz")])
     unk = vocab.tokens.token_to_id("[UNK]")
-    assert ids[0][:2] != [unk, unk] and ids[0][2] == unk
+    assert unk not in ids[0][:2] and ids[0][2] == unk

@@ -122,7 +122,7 @@ class TextVocab:
         Each (normalised) token is looked up whole in its word-level vocabulary, ``[UNK]`` when
         unseen: what tokenizers' ``encode_batch(..., is_pretokenized=True)`` gives for these
         vocabularies (no normaliser or pre-tokeniser of their own), read from a dict of the
-        vocabulary, about 40x faster a sentence (0.003 against 0.12 ms for an MSRA sentence).
+        vocabulary: an MSRA sentence takes 0.02 ms this way against 0.12 through tokenizers.
         """
         norm = _normaliser(self.lowercase)
         normed = [[norm(t) for t in words] for words in batch]
