@@ -82,6 +82,14 @@ class Encoder(nn.Module):
         state: final state of each layer and direction at each sequence's own end, a tuple of
             (num_layers * D, N, H) tensors ordered layer 0 forward, layer 0 reverse, layer 1 ...
 
+    Attributes:
+        inference_dtype: None (the default: eval mode computes in the weights' dtype) or a
+            lower precision for the recurrences in eval mode, ``torch.bfloat16`` (what
+            ``seqkit.load(run, precision="bf16")`` sets): inputs, states and weights are cast
+            for the fused kernels (the weights once, not on every call) and the outputs come
+            back in the input's dtype. Fast on CPUs with native bf16 (AVX512-BF16, AMX) and on
+            GPUs. Training ignores it (``train.precision`` is the training setting).
+
     Examples::
 
         >>> enc = seqkit.Encoder(80, 256, num_layers=3, cell="lstm", bidirectional=True,
@@ -136,6 +144,7 @@ class Encoder(nn.Module):
         self.output_dropout = float(output_dropout)
         self.weight_drop = float(weight_drop)
         self.batch_first = batch_first
+        self.inference_dtype: Optional[torch.dtype] = None
         self.cell_name = cell if isinstance(cell, str) else cell_cls.__name__
         entry = registry.cells.entries().get(cell) if isinstance(cell, str) else None
         # the plugin that registered a third-party cell (its errors are reported naming it)
@@ -200,6 +209,14 @@ class Encoder(nn.Module):
             x = x.transpose(0, 1)  # (L, N, I): the engines run time-major
         if state is not None:
             self._check_state(state, x)
+        lower = self.inference_dtype
+        if lower is not None and not self.training and lower != x.dtype and autocast_dtype(x) is None:
+            with torch.autocast(x.device.type, dtype=lower):
+                out, final = self._forward(x, lengths, state)
+            return out.to(x.dtype), tuple(s.to(x.dtype) for s in final)
+        return self._forward(x, lengths, state)
+
+    def _forward(self, x: Tensor, lengths: Optional[Tensor], state: Optional[State]) -> tuple[Tensor, State]:
         weights = self._dropped_weights()
         x = self._drop(x, self.input_dropout)
         if lengths is None:  # the lean path (e.g. one generation step): no sorting, no host sync
@@ -236,20 +253,24 @@ class Encoder(nn.Module):
         locked_between = self.locked_dropout and self.dropout and self.training and self.num_layers > 1
         if lens is None and self.fused and not locked_between:
             return self._fused_stack(x, state, weights)
-        if lens is not None and self._packs(lens, x.size(0), weights):
+        if lens is not None and self._packs(lens, x, weights):
             return self._packed_stack(x, lens, state)
         return self._layers(x, lens, state, weights)
 
-    def _packs(self, lens: list[int], length: int, weights: Weights) -> bool:
+    def _packs(self, lens: list[int], x: Tensor, weights: Weights) -> bool:
         """Whether a batch of several lengths runs packed: inference only (eval mode: no dropout
         between layers, no dropped weights), fused cells, directions sharing one kernel call, no
         empty row (torch cannot pack one; the frozen path gives it its initial state), and real
         steps under 60% of the padded batch. torch's packed kernel does less work but does it
         less efficiently than the padded one (oneDNN on CPU): an MSRA-sized BiLSTM at 1 thread
         ran 0.63-0.77x the frozen path's time at 49-59% real steps, 1.04-1.25x at 85-96%
-        (docs/results.md, 2026-12-05)."""
+        (docs/results.md, 2026-12-05). Never in bf16 on CPU: oneDNN's padded bf16 kernel beat
+        torch's packed loop even on mostly padded batches (MSRA at batch 32: 1,096 against 925
+        sentences/s)."""
+        length = x.size(0)
         return (self.fused and not self.training and not weights and self.directions != "split"
                 and lens[-1] > 0 and sum(lens) < _PACK_BELOW * length * len(lens)
+                and not (x.device.type == "cpu" and autocast_dtype(x) is not None)
                 and not torch.jit.is_tracing())
 
     def _packed_stack(self, x: Tensor, lens: list[int], state: Optional[State]) -> tuple[Tensor, State]:
@@ -427,6 +448,10 @@ def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tens
     CPU autocast would hand the fp32 weights to oneDNN and cast inside, which fails on CPUs
     without bf16 support; casting the input, state and weights here runs the kernel in bf16
     wherever torch has one (oneDNN with native bf16, cuDNN, or torch's own loop).
+
+    On CPU, oneDNN's bf16 LSTM runs about 5x slower when the input width is odd (an MSRA-sized
+    layer, 1 thread: 17.2 against 3.3 ms for 60 steps of 32 rows; docs/results.md), so an odd
+    width gets one zero column, and the input weights a zero column to match: same result.
     """
     call = call_kernel if batch_sizes is None else functools.partial(_call_packed, batch_sizes=batch_sizes)
     dtype = autocast_dtype(x)
@@ -438,8 +463,36 @@ def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tens
         if dtype is not None:
             x = x.to(dtype)
             state = tuple(s.to(dtype) for s in state)
-            params = [p.to(dtype) for p in params]
+            params = _low_precision(params, dtype)
+            if x.size(-1) % 2 and x.device.type == "cpu" and batch_sizes is None:
+                x, params = _even_width(x, params, args)
         return call(kernel, x, state, params, args)
+
+
+def _even_width(x: Tensor, params: list[Tensor], args: tuple) -> tuple[Tensor, list[Tensor]]:
+    """``x`` with one zero feature more, and the first layer's input weights (one per
+    direction) with a zero column more: the kernel computes the same thing."""
+    per_cell = 4 if args[0] else 2  # [w_ih, w_hh] (+ [b_ih, b_hh] when args[0], has_biases)
+    first = {0, per_cell} if args[4] else {0}  # args[4]: bidirectional
+    return F.pad(x, (0, 1)), [F.pad(p, (0, 1)) if i in first else p for i, p in enumerate(params)]
+
+
+def _low_precision(params: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
+    """``params`` in ``dtype``. Without autograd, a parameter's copy is made once and kept on
+    it until the parameter changes (its version, storage or dtype), not on every call: at
+    batch 1 the casts took a third of a bf16 MSRA direction."""
+    if torch.is_grad_enabled():
+        return [p.to(dtype) for p in params]
+    return [_kept_copy(p, dtype) if isinstance(p, nn.Parameter) else p.to(dtype) for p in params]
+
+
+def _kept_copy(p: nn.Parameter, dtype: torch.dtype) -> Tensor:
+    key = (dtype, p._version, p.data_ptr(), p.device, tuple(p.shape))
+    kept = p.__dict__.get("_seqkit_low_precision")
+    if kept is None or kept[0] != key:
+        kept = (key, p.detach().to(dtype))
+        p.__dict__["_seqkit_low_precision"] = kept
+    return kept[1]
 
 
 def _call_packed(kernel: Optional[str], data: Tensor, state: State, params: list[Tensor], args: tuple, *,

@@ -84,6 +84,71 @@ def test_inference_runs_packed_and_agrees_with_the_frozen_path(lengths, pad, cel
         torch.testing.assert_close(a, b.detach())
 
 
+@pytest.mark.parametrize("kernel", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("biases", [False, True])
+def test_even_width_computes_the_same(kernel, bidirectional, biases):
+    """The zero column that gives oneDNN's bf16 kernel an even input width (odd ones run ~5x
+    slower) pads the input and every first-layer input weight, and nothing else."""
+    from seqkit.encoder import _even_width
+    from seqkit.export_ops import call_kernel
+
+    torch.manual_seed(0)
+    gates, i, h, layers = (4 if kernel == "lstm" else 3), 5, 4, 2
+    d = 2 if bidirectional else 1
+    params = []
+    for layer in range(layers):
+        for _ in range(d):
+            params += [torch.randn(gates * h, i if layer == 0 else d * h, dtype=torch.float64),
+                       torch.randn(gates * h, h, dtype=torch.float64)]
+            params += [torch.randn(gates * h, dtype=torch.float64) for _ in range(2 * biases)]
+    args = (biases, layers, 0.0, False, bidirectional, False)
+    x = torch.randn(6, 3, i, dtype=torch.float64)
+    state = tuple(torch.randn(layers * d, 3, h, dtype=torch.float64) for _ in range(1 + (kernel == "lstm")))
+    x2, params2 = _even_width(x, params, args)
+    assert x2.shape[-1] == i + 1 and not x2[..., -1].any()
+    assert [tuple(p.shape) for p in params2] != [tuple(p.shape) for p in params]
+    out, final = call_kernel(kernel, x, state, params, args)
+    out2, final2 = call_kernel(kernel, x2, state, params2, args)
+    torch.testing.assert_close(out2, out)
+    for a, b in zip(final2, final):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("directions", ["forward", "bidirectional", "split"])
+def test_bf16_inference_follows_fp32(cell, directions):
+    """``inference_dtype=torch.bfloat16``: eval-mode recurrences in bf16 (an odd input width
+    too), outputs back in fp32 and close to fp32's, padding still zero, never packed on CPU;
+    training ignores it; a changed weight is seen (the kept bf16 copy is refreshed)."""
+    torch.manual_seed(1)
+    enc = seqkit.Encoder(7, 16, num_layers=2, cell=cell, directions=directions, batch_first=True).eval()
+    x = torch.randn(5, 9, 7)
+    lens = torch.tensor([9, 2, 3, 1, 2])  # mostly padding: fp32 eval would pack (not split)
+    with torch.no_grad():
+        ref, ref_state = enc(x, lens)
+        enc.inference_dtype = torch.bfloat16
+        packed, enc._packed_stack = enc._packed_stack, lambda *a: pytest.fail("bf16 on CPU must not run packed")
+        out, state = enc(x, lens)
+        assert out.dtype == torch.float32 and all(s.dtype == torch.float32 for s in state)
+        torch.testing.assert_close(out, ref, atol=0.05, rtol=0.05)
+        for a, b in zip(state, ref_state):
+            torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+        assert (out - ref).abs().max() > 0  # it did run in bf16
+        assert not out[1, 2:].any()
+        weight = enc.cells["l0"].weight_hh
+        weight.mul_(0.0)
+        changed, _ = enc(x, lens)
+        enc.inference_dtype, enc._packed_stack = None, packed
+        torch.testing.assert_close(changed, enc(x, lens)[0], atol=0.05, rtol=0.05)
+        assert (changed - out).abs().max() > 0.01
+    enc.train()
+    enc.inference_dtype = torch.bfloat16
+    trained, _ = enc(x, lens)
+    enc.inference_dtype = None
+    torch.testing.assert_close(trained, enc(x, lens)[0], rtol=0, atol=0)
+
+
 def test_matches_nn_lstm_on_full_length():
     torch.manual_seed(0)
     ref = nn.LSTM(5, 7, num_layers=2, bidirectional=True, batch_first=True)
