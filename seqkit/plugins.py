@@ -242,8 +242,19 @@ def version_mismatch(saved: dict[str, Any]) -> list[str]:
         out.append(f"seqkit {saved.get('seqkit')} (now {now['seqkit']})")
     for dist, version in (saved.get("plugins") or {}).items():
         if now["plugins"].get(dist) != version:
-            out.append(f"{dist} {version} (now {now['plugins'].get(dist, 'not installed')})")
+            out.append(f"{dist} {version} (now {now['plugins'].get(dist) or _unloaded(dist)})")
     return out
+
+
+def _unloaded(dist: str) -> str:
+    """Why a plugin distribution is not among the loaded ones."""
+    try:
+        installed = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+    if not _autoload():
+        return f"{installed} installed but not loaded: SEQKIT_LOAD_PLUGINS=0"
+    return f"{installed} installed but not loaded: see `seqkit plugins`"
 
 
 def _dists() -> dict[str, Any]:
