@@ -61,9 +61,9 @@ def _runtime(folder: Path, threads: int):
     return module.load(folder, threads=threads)
 
 
-def bench_export(run: Path, limit: int, threads: int, batch: int) -> dict:
+def bench_export(run: Path, limit: int, threads: int, batch: int, precision: str = "fp32") -> dict:
     torch.set_num_threads(threads)
-    model = seqkit.load(run)
+    model = seqkit.load(run, precision=precision)
     kind, items = _inputs(model, limit)
     with tempfile.TemporaryDirectory() as tmp:
         export_run(run, "onnx", Path(tmp) / "onnx", log=lambda m: None)
@@ -76,7 +76,8 @@ def bench_export(run: Path, limit: int, threads: int, batch: int) -> dict:
             calls = {"eager torch": lambda xs: [r["text"] for r in model.transcribe([w for w, _ in xs],
                                                                                    sample_rate=rate, batch_size=batch)],
                      "onnxruntime": lambda xs: exported.transcribe([w for w, _ in xs])}
-        result = {"run": str(run), kind: len(items), "threads": threads, "torch": torch.__version__}
+        result = {"run": str(run), kind: len(items), "threads": threads, "torch": torch.__version__,
+                  "eager_precision": precision}
         answers = {}
         for name, call in calls.items():
             call(items[:3])  # warm up
@@ -97,12 +98,13 @@ def bench_export(run: Path, limit: int, threads: int, batch: int) -> dict:
     return result
 
 
-def bench_threads(run: Path, limit: int, clients: list[int], rounds: int, threads: int) -> dict:
-    model = seqkit.load(run, threads=threads)
+def bench_threads(run: Path, limit: int, clients: list[int], rounds: int, threads: int,
+                  precision: str = "fp32") -> dict:
+    model = seqkit.load(run, threads=threads, precision=precision)
     kind, items = _inputs(model, limit)
     call = model.tag if kind == "sentences" else (lambda x: model.transcribe(x[0], sample_rate=model.sample_rate))
     call(items[0])
-    result = {"run": str(run), "torch_threads": torch.get_num_threads(), kind: len(items)}
+    result = {"run": str(run), "torch_threads": torch.get_num_threads(), kind: len(items), "precision": precision}
     def work(part: list) -> list[float]:
         times = []
         for item in part:
@@ -152,8 +154,8 @@ def bench_stream(run: Path, limit: int, threads: int, chunk_ms: int) -> dict:
     return result
 
 
-def bench_batching(run: Path, limit: int, threads: int, batch: int) -> dict:
-    model = seqkit.load(run, threads=threads)
+def bench_batching(run: Path, limit: int, threads: int, batch: int, precision: str = "fp32") -> dict:
+    model = seqkit.load(run, threads=threads, precision=precision)
     kind, items = _inputs(model, limit)
     if kind != "sentences":
         raise SystemExit("batching: a tagging run is needed")
@@ -166,7 +168,7 @@ def bench_batching(run: Path, limit: int, threads: int, batch: int) -> dict:
     for start in range(0, len(items), batch):
         model.tag(items[start: start + batch])
     many = len(items) / (time.perf_counter() - started)
-    result = {"run": str(run), "threads": threads, "sentences": len(items), "batch": batch,
+    result = {"run": str(run), "threads": threads, "precision": precision, "sentences": len(items), "batch": batch,
               "one_per_call_per_s": round(one, 1), "batched_per_s": round(many, 1), "ratio": round(many / one, 2)}
     print(f"{len(items)} sentences, {threads} thread(s): {result['one_per_call_per_s']}/s one per call, "
           f"{result['batched_per_s']}/s {batch} per call: {result['ratio']}x")
@@ -184,14 +186,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], help="client threads (threads)")
     parser.add_argument("--rounds", type=int, default=1, help="passes over the items per client count (threads)")
     parser.add_argument("--chunk-ms", type=int, default=100, help="streamed chunk (stream; default 100)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="the eager model's precision (export, threads, batching; default fp32)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     if args.what == "export":
-        result = bench_export(args.run, args.limit, args.threads, args.batch)
+        result = bench_export(args.run, args.limit, args.threads, args.batch, args.precision)
     elif args.what == "threads":
-        result = bench_threads(args.run, args.limit, args.clients, args.rounds, args.threads)
+        result = bench_threads(args.run, args.limit, args.clients, args.rounds, args.threads, args.precision)
     elif args.what == "batching":
-        result = bench_batching(args.run, args.limit, args.threads, args.batch)
+        result = bench_batching(args.run, args.limit, args.threads, args.batch, args.precision)
     else:
         result = bench_stream(args.run, args.limit, args.threads, args.chunk_ms)
     if args.json:

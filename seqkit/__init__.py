@@ -22,7 +22,8 @@ from .recipe import Recipe, bounded  # noqa: E402
 from .tasks import ModelOutput, Task  # noqa: E402
 
 
-def load(run_dir, *, device: str = "cpu", checkpoint: str = "best", threads: Optional[int] = None):
+def load(run_dir, *, device: str = "cpu", checkpoint: str = "best", threads: Optional[int] = None,
+         precision: str = "fp32"):
     """Load a trained model from a run folder (``seqkit recipe run ... --out DIR``).
 
     ``device``: where the model runs (``cpu``, ``cuda[:N]``, ``mps``, ``auto``); ``checkpoint``:
@@ -30,7 +31,9 @@ def load(run_dir, *, device: str = "cpu", checkpoint: str = "best", threads: Opt
     ``last`` (the latest training state). Anything else is one clear error. ``threads``: torch's
     intra-op threads for inference, set once here for the process (None: leave torch's setting;
     threads pick it up when they first run torch, so load before starting them); a model never
-    changes it while it runs, so one model can serve many threads.
+    changes it while it runs, so one model can serve many threads. ``precision``: ``fp32`` or
+    ``bf16``, the recurrences' precision (bf16 pays on CPUs with AVX512-BF16 or AMX and on
+    GPUs; everything around them stays fp32; docs/deploying.md has what it gains and costs).
     A run trained with other versions of seqkit or its plugins loads with a warning.
 
     Example::
@@ -46,7 +49,7 @@ def load(run_dir, *, device: str = "cpu", checkpoint: str = "best", threads: Opt
         import torch
 
         torch.set_num_threads(threads)
-    return _load(run_dir, device=device, checkpoint=checkpoint)
+    return _load(run_dir, device=device, checkpoint=checkpoint, precision=precision)
 
 
 def run_recipe(recipe, out, *, resume: bool = False, progress: bool = True, log=None):

@@ -21,11 +21,12 @@ from torch import nn
 
 from . import distributed, plugins, registry
 from .checkpoint import load_checkpoint
+from .encoder import Encoder
 from .errors import RecipeError, SeqkitError
 from .fsio import write_text_atomic
 from .recipe import Recipe, parse_overrides
 from .tasks import Task, get_task, recipe_base, write_json
-from .train import Trainer, check_train_config, reuse_freed_memory
+from .train import Trainer, check_train_config, cpu_has_native_bf16, reuse_freed_memory
 
 __all__ = ["check_recipe", "evaluate_run", "load", "resolve_device", "resume_recipe", "run_folder_lock", "run_recipe"]
 
@@ -332,15 +333,42 @@ def _run(recipe: Recipe, task: Task, device: torch.device, out: Path, *, resume:
     return metrics
 
 
-def load(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = "best") -> nn.Module:
+def load(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = "best",
+         precision: str = "fp32") -> nn.Module:
     """A trained model from a run folder, in eval mode, ready to use (``model.tag([...])``)."""
-    model, _ = _load(Path(run_dir), device=device, checkpoint=checkpoint)
+    model, _ = _load(Path(run_dir), device=device, checkpoint=checkpoint, precision=precision)
     return model
 
 
-def _load(run: Path, *, device: str = "cpu", checkpoint: str = "best") -> tuple[nn.Module, Task]:
+PRECISIONS = ("fp32", "bf16")
+
+
+def set_inference_precision(model: nn.Module, precision: str) -> None:
+    """Every encoder of ``model`` runs its eval-mode recurrences in ``precision`` (``fp32`` or
+    ``bf16``; see :class:`seqkit.Encoder`'s ``inference_dtype``). bf16 on a CPU without native
+    bf16 works but is slow, and says so; on a GPU without bf16 it is an error."""
+    if precision not in PRECISIONS:
+        raise SeqkitError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    if dtype is not None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise SeqkitError(f"precision: bf16 needs a GPU that computes in bf16 (Ampere or newer); "
+                              f"{torch.cuda.get_device_name(device)} does not: use precision=fp32")
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn("precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); "
+                          "bf16 recurrences run far slower than fp32 here", stacklevel=3)
+    for module in model.modules():
+        if isinstance(module, Encoder):
+            module.inference_dtype = dtype
+
+
+def _load(run: Path, *, device: str = "cpu", checkpoint: str = "best",
+          precision: str = "fp32") -> tuple[nn.Module, Task]:
     if checkpoint not in ("best", "last"):
         raise SeqkitError(f"checkpoint: expected 'best' or 'last', got {checkpoint!r}")
+    if precision not in PRECISIONS:
+        raise SeqkitError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not run.is_dir():
         raise SeqkitError(f"{run}: no such run folder; train one with `seqkit recipe run`")
     if not (run / RECIPE_FILE).exists():
@@ -357,7 +385,9 @@ def _load(run: Path, *, device: str = "cpu", checkpoint: str = "best") -> tuple[
     _warn_versions(run)
     model = task.build_model(recipe, run)
     load_checkpoint(ckpt, model)
-    return model.to(resolve_device(device)).eval(), task
+    model = model.to(resolve_device(device)).eval()
+    set_inference_precision(model, precision)
+    return model, task
 
 
 def _warn_versions(run: Path) -> None:
@@ -375,10 +405,11 @@ def _warn_versions(run: Path) -> None:
         warnings.warn(f"{run} was trained with {', '.join(differ)}; results may differ", stacklevel=3)
 
 
-def evaluate_run(run_dir: Path, data: Optional[Path] = None, *, batch_size: int = 128) -> tuple[dict[str, Any], Task]:
+def evaluate_run(run_dir: Path, data: Optional[Path] = None, *, batch_size: int = 128,
+                 precision: str = "fp32") -> tuple[dict[str, Any], Task]:
     """Metrics of a trained model on a data file, or on its recipe's test split, and its task
-    (which knows how to print them)."""
-    model, task = _load(Path(run_dir))
+    (which knows how to print them); ``precision`` as :func:`seqkit.load`'s."""
+    model, task = _load(Path(run_dir), precision=precision)
     try:
         return task.evaluate_data(model, data, batch_size=batch_size), task
     except IsADirectoryError:  # a folder given to a task that reads one file

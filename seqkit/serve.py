@@ -159,7 +159,7 @@ def _answers(model: nn.Module, generates: Optional[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def load_runs(specs: Sequence[str], *, device: str = "cpu") -> dict[str, Served]:
+def load_runs(specs: Sequence[str], *, device: str = "cpu", precision: str = "fp32") -> dict[str, Served]:
     """Load each ``RUN`` (named by its folder) or ``NAME=RUN``; one clear error for a folder that
     is not a run, a model that answers no endpoint, or two runs of the same name."""
     served: dict[str, Served] = {}
@@ -179,7 +179,7 @@ def load_runs(specs: Sequence[str], *, device: str = "cpu") -> dict[str, Served]
         if name in served:
             raise SeqkitError(f"{spec}: two runs are named {name!r} ({served[name].run} and {run}); "
                               f"name one with NAME=RUN")
-        model = load(run, device=device)
+        model = load(run, device=device, precision=precision)
         generates, frame_seconds = _generates(model)
         endpoints = _answers(model, generates)
         task = getattr(getattr(getattr(model, "recipe", None), "task", None), "name", type(model).__name__)

@@ -143,7 +143,7 @@ class Trainer:
         self.meta = dict(meta or {})
         self.optimizer = build_optimizer(self.model, config)
         check_train_config(config)
-        if config.precision == "bf16" and self.device.type == "cpu" and not _cpu_has_native_bf16() and self._main:
+        if config.precision == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16() and self._main:
             print("Note: train.precision is bf16 but this CPU has no native bf16 (AVX512-BF16 or AMX); "
                   "bf16 matmuls run far slower than fp32 here.", file=sys.stderr)
         self.metrics_path = self.run_dir / "metrics.jsonl"
@@ -833,7 +833,7 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, limit)) and bool(mallopt(m_trim_threshold, limit))
 
 
-def _cpu_has_native_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16).
 
     oneDNN's own check also says yes on plain AVX-512, where it emulates bf16 slowly, so on

@@ -49,13 +49,15 @@ def plugins_cmd(as_json: bool) -> None:
                    "music; default: the run's test split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
-def evaluate_cmd(run: Path, data: Path | None, as_json: bool, batch_size: int) -> None:
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+              help="The recurrences' precision (as seqkit serve --precision): what bf16 costs in accuracy.")
+def evaluate_cmd(run: Path, data: Path | None, as_json: bool, batch_size: int, precision: str) -> None:
     """Scores of the model in RUN on its test split or on --data, as its task reports them
     (tagging: span precision/recall/F1 per type; transcription: CER/WER; language model:
     perplexity)."""
     from ..build import evaluate_run
 
-    metrics, task = evaluate_run(run, data, batch_size=batch_size)
+    metrics, task = evaluate_run(run, data, batch_size=batch_size, precision=precision)
     if as_json:
         click.echo(json.dumps(metrics, indent=1, ensure_ascii=False))
         return
