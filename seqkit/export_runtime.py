@@ -176,24 +176,30 @@ def viterbi(emissions: np.ndarray, lengths: np.ndarray, transitions: np.ndarray,
             end: np.ndarray) -> list[list[int]]:
     """The best tag path of each sequence of a batch: emissions (N, L, C), lengths (N,), scores of
     moves (C, C), of the first and last tag (C,); forbidden moves are -inf. Rows past their
-    length carry their scores unchanged, so one backtrace serves the whole batch."""
+    length carry their scores unchanged, so one backtrace serves the whole batch. (Each step
+    reads the best scores through flat indices: ``np.take_along_axis`` doubled a 45-step
+    sentence's time.)"""
     n, length, tags = emissions.shape
-    rows = np.arange(n)
+    rows, cols = np.arange(n), np.arange(tags)
+    offsets = rows[:, None] * (tags * tags) + cols  # (N, C): flat index of (row, from 0, to)
+    live = (np.arange(length)[:, None] < np.asarray(lengths)[None, :])[:, :, None]  # (L, N, 1)
+    full = bool(live.all())
     score = start + emissions[:, 0]  # (N, C)
-    stay = np.broadcast_to(np.arange(tags), (n, tags))
-    back = []
+    back = np.empty((length, n, tags), dtype=np.intp)  # back[t]: best previous tag of each tag at t
     for t in range(1, length):
         total = score[:, :, None] + transitions  # (N, from, to)
         best = total.argmax(1)  # (N, C)
-        live = (t < lengths)[:, None]
-        score = np.where(live, np.take_along_axis(total, best[:, None, :], 1)[:, 0] + emissions[:, t], score)
-        back.append(np.where(live, best, stay))
+        reached = total.ravel()[offsets + best * tags] + emissions[:, t]
+        if full:
+            score, back[t] = reached, best
+        else:
+            score, back[t] = np.where(live[t], reached, score), np.where(live[t], best, cols)
     tag = (score + end).argmax(1)  # (N,)
-    path = [tag]
-    for pointers in reversed(back):
-        tag = pointers[rows, tag]
-        path.append(tag)
-    paths = np.stack(path[::-1], 1)  # (N, L)
+    paths = np.empty((n, length), dtype=np.intp)
+    paths[:, length - 1] = tag
+    for t in range(length - 1, 0, -1):
+        tag = back[t, rows, tag]
+        paths[:, t - 1] = tag
     return [paths[i, : int(lengths[i])].tolist() for i in range(n)]
 
 

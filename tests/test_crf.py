@@ -163,6 +163,28 @@ def test_decoded_paths_respect_bioes(seed: int, lengths: list[int], scale: float
         assert _valid_bioes([BIOES_LABELS[i] for i in path])
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    lengths=st.lists(st.integers(0, 9), min_size=1, max_size=5),
+    constrained=st.booleans(),
+)
+def test_cpu_decode_in_numpy_equals_the_torch_steps(seed: int, lengths: list[int], constrained: bool) -> None:
+    """On CPU, decode runs its steps in numpy; the torch steps (what a GPU runs) find the same
+    paths, with and without forbidden moves, on padded batches."""
+    masks = dict(zip(("allowed", "allowed_start", "allowed_end"), allowed_transitions(BIOES_LABELS, "BIOES")))
+    crf = _random_crf(len(BIOES_LABELS), seed % 1000, **(masks if constrained else {}))
+    gen = torch.Generator().manual_seed(seed)
+    emissions = torch.randn(len(lengths), max(max(lengths), 1), len(BIOES_LABELS), generator=gen,
+                            dtype=torch.float64)
+    lens = torch.tensor(lengths)
+    fast = crf.decode(emissions, lens)
+    prepared, mask, lens2 = crf._prepare(emissions, lens)
+    trans, start, end = crf._scores(prepared.dtype, float("-inf"))
+    assert fast == crf._decode_steps(prepared, mask, lens2, trans, start, end)
+    assert [len(p) for p in fast] == lengths
+
+
 def test_allowed_transitions_bio() -> None:
     labels = ["O", "B-A", "I-A", "B-B", "I-B"]
     allowed, start, end = allowed_transitions(labels, "BIO")

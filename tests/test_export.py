@@ -235,7 +235,8 @@ def test_the_runtime_batches_items_of_similar_length(lengths, batch_size):
 
 
 def test_the_runtimes_batched_viterbi_is_the_crfs():
-    """runtime.py's numpy Viterbi (a batch at once, rows of any length) decodes as seqkit's CRF."""
+    """runtime.py's numpy Viterbi (a batch at once, rows of any length; also what the CRF runs on
+    CPU) decodes as the CRF's torch steps (what it runs on a GPU)."""
     from seqkit.export_runtime import viterbi
     from seqkit.heads.crf import CRF
     from seqkit.heads.scheme import allowed_transitions
@@ -251,4 +252,5 @@ def test_the_runtimes_batched_viterbi_is_the_crfs():
             lengths = torch.randint(1, length + 1, (n,), generator=gen)
             trans, start, end = crf._scores(torch.float32, float("-inf"))
             got = viterbi(emissions.numpy(), lengths.numpy(), trans.numpy(), start.numpy(), end.numpy())
-            assert got == crf.decode(emissions, lengths)
+            prepared, mask, lens = crf._prepare(emissions, lengths)
+            assert got == crf._decode_steps(prepared, mask, lens, trans, start, end) == crf.decode(emissions, lengths)
