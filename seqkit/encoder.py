@@ -230,12 +230,15 @@ class Encoder(nn.Module):
 
     def _run_lengths(self, x: Tensor, lengths: Tensor, state: Optional[State],
                      weights: Weights) -> tuple[Tensor, State]:
-        """Rows sorted by length for the engines, then put back in the caller's order."""
+        """Rows sorted by length for the paths that need it (packing, the generic engine), then
+        put back in the caller's order; the fused frozen path takes them as they come."""
         length, n, _ = x.shape
         lens = self._check_lengths(lengths, n, length)
         order = sorted(range(n), key=lambda i: -lens[i])
         if order == list(range(n)):
             return self._run(x, lens, state, weights)
+        if self.fused and min(lens) < length and not self._packs(sorted(lens, reverse=True), x, weights):
+            return self._layers(x, lens, state, weights)  # the frozen fused path takes rows in any order
         perm = torch.tensor(order, device=x.device)
         x = x.index_select(1, perm)
         lens = [lens[i] for i in order]
