@@ -42,7 +42,7 @@ class _Size(click.ParamType):
                    "than 1 for an MSRA sentence on 2 cores (docs/deploying.md).")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
               help="The recurrences' precision. bf16 pays on CPUs with AVX512-BF16 or AMX and on GPUs "
-                   "(MSRA tagger on such a CPU: 1.2-1.3x fp32's throughput; docs/deploying.md).")
+                   "(MSRA tagger on such a CPU: 1.2-1.35x fp32's throughput; docs/deploying.md).")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
               help="Micro-batching: texts per model call for /tag, /score, /embed (1: off).")
 @click.option("--max-wait-ms", default=0.0, show_default=True, type=click.FloatRange(min=0),
