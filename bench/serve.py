@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the micro-batched server's --max-wait-ms (default: not passed, so the server's own)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="both servers' --precision (default fp32)")
+    parser.add_argument("--workers", type=int, default=1, help="both servers' --workers (default 1)")
     parser.add_argument("--client", choices=["httpx", "wrk"], default="httpx",
                         help="the load generator: Python asyncio + httpx (default) or wrk")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -179,8 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"run": str(args.run), "sentences": len(texts), "cores": os.cpu_count(), "client": args.client,
                     "modes": {}}
     waits = [] if args.max_wait_ms is None else ["--max-wait-ms", str(args.max_wait_ms)]
-    both = ["--precision", args.precision]
-    result["precision"] = args.precision
+    both = ["--precision", args.precision, "--workers", str(args.workers)]
+    result["precision"], result["workers"] = args.precision, args.workers
     for mode, extra in (("micro-batching", waits + both), ("max-batch 1", ["--max-batch", "1", *both])):
         proc, url = start(args.run, extra, args.threads)
         try:

@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import math
+import os
 import re
 import secrets
 import signal
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -407,7 +409,8 @@ class Api:
                              "seed": options["seed"], **files})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": [s.describe() for s in self.models.values()]})
+        return JSONResponse({"status": "ok", "models": [s.describe() for s in self.models.values()],
+                             "pid": os.getpid()})
 
     async def prometheus(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
@@ -523,12 +526,14 @@ def create_app(models: dict[str, Served], limits: Limits) -> _Guard:
 class _Server(uvicorn.Server):
     """uvicorn's server, minus re-raising Ctrl-C/SIGTERM once it has stopped cleanly."""
 
+    signals = (signal.SIGINT, signal.SIGTERM)
+
     @contextlib.contextmanager
     def capture_signals(self):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        before = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        before = {sig: signal.signal(sig, self.handle_exit) for sig in self.signals}
         try:
             yield
         finally:
@@ -536,17 +541,23 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (0: any free port), or one clear error."""
+def listen(host: str, port: int, *, reuse_port: bool = False, backlog: Optional[int] = 2048) -> socket.socket:
+    """A listening socket on ``host:port`` (0: any free port), or one clear error. ``reuse_port``:
+    with SO_REUSEPORT, which lets worker processes each listen on the port (the kernel spreads
+    the connections over them); ``backlog`` None: bound only, not listening (the port is held
+    but gets no connections)."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
         raise SeqkitError(f"--host {host}: cannot resolve it ({exc.strerror}); try 127.0.0.1 or 0.0.0.0") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind(address)
-        sock.listen(2048)
+        if backlog is not None:
+            sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise SeqkitError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); choose "
@@ -554,23 +565,137 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_server(models: dict[str, Served], limits: Limits, *, host: str = "127.0.0.1", port: int = 8000,
-               log_level: str = "warning", access_log: bool = False) -> None:
-    """Serve until Ctrl-C or SIGTERM; prints the URL first."""
-    sock = listen(host, port)
+def _url_line(sock: socket.socket, names: Sequence[str], workers: int = 1) -> str:
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    processes = f" in {workers} worker processes" if workers > 1 else ""
+    return f"seqkit serve: http://{shown}:{bound[1]}/ serving {', '.join(names)}{processes} (Ctrl-C stops)"
+
+
+@contextlib.contextmanager
+def _logging_to_stderr():
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
     log.propagate = False
-    config = uvicorn.Config(create_app(models, limits), log_level=log_level, access_log=access_log,
-                            timeout_graceful_shutdown=5, lifespan="on")
-    print(f"seqkit serve: http://{shown}:{bound[1]}/ serving {', '.join(models)} (Ctrl-C stops)", flush=True)
     try:
-        _Server(config).run(sockets=[sock])
+        yield
     finally:
-        sock.close()
         log.removeHandler(handler)
         log.propagate = True
+
+
+def _config(models: dict[str, Served], limits: Limits, log_level: str, access_log: bool) -> uvicorn.Config:
+    return uvicorn.Config(create_app(models, limits), log_level=log_level, access_log=access_log,
+                          timeout_graceful_shutdown=5, lifespan="on")
+
+
+def run_server(models: dict[str, Served], limits: Limits, *, host: str = "127.0.0.1", port: int = 8000,
+               log_level: str = "warning", access_log: bool = False) -> None:
+    """Serve until Ctrl-C or SIGTERM; prints the URL first."""
+    sock = listen(host, port)
+    config = _config(models, limits, log_level, access_log)
+    print(_url_line(sock, list(models)), flush=True)
+    try:
+        with _logging_to_stderr():
+            _Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+    print("seqkit serve: stopped", file=sys.stderr, flush=True)
+
+
+@dataclass
+class WorkerSpec:
+    """What each worker process of ``seqkit serve --workers N`` needs to load and serve."""
+
+    runs: tuple[str, ...]
+    device: str
+    precision: str
+    threads: int
+    limits: Limits
+    log_level: str
+    access_log: bool
+
+
+def _worker(spec: WorkerSpec, host: str, port: int, ready) -> None:
+    """One worker process: load the runs, listen on the port with SO_REUSEPORT, say so (or say
+    why not) through ``ready``, and serve until the parent's SIGTERM (Ctrl-C goes to the parent,
+    which stops the workers)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the parent loaded the runs first and showed any warning
+            models = load_runs(spec.runs, device=spec.device, precision=spec.precision)
+        sock = listen(host, port, reuse_port=True)
+    except Exception as exc:  # noqa: BLE001 - reported by the parent as one line
+        ready.send(str(exc) or type(exc).__name__)
+        return
+    ready.send("")
+    server = _Server(_config(models, spec.limits, spec.log_level, spec.access_log))
+    server.signals = (signal.SIGTERM,)
+    with _logging_to_stderr():
+        server.run(sockets=[sock])
+
+
+def run_workers(spec: WorkerSpec, workers: int, *, host: str = "127.0.0.1", port: int = 8000,
+                names: Sequence[str] = ()) -> None:
+    """``workers`` processes, each with its own copy of the models, its own event loop and
+    micro-batcher, and its own listening socket on the one port (SO_REUSEPORT: the kernel
+    spreads connections over them; with a shared socket, whichever worker woke first took
+    them all): one Python process uses about one core (its event loop and model threads share
+    the GIL), so several use more. The parent holds the port, bound but not listening, prints
+    the URL once every worker listens; Ctrl-C or SIGTERM stops them all; a worker that dies
+    stops the rest."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+
+    sock = listen(host, port, reuse_port=True, backlog=None)
+    bound_host, bound_port = sock.getsockname()[:2]
+    context = multiprocessing.get_context("spawn")  # never fork a process that has run torch
+    procs = []
+    stopping = threading.Event()
+
+    def stop(*_):
+        stopping.set()
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: each worker's uvicorn shuts down gracefully
+
+    before = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        pipes = []
+        for i in range(workers):
+            receive, send = context.Pipe(duplex=False)
+            proc = context.Process(target=_worker, args=(spec, bound_host, bound_port, send),
+                                   name=f"seqkit-serve-{i}", daemon=False)
+            proc.start()
+            procs.append(proc)
+            pipes.append(receive)
+        for i, (proc, receive) in enumerate(zip(procs, pipes)):
+            message = receive.recv() if wait([receive, proc.sentinel]) and receive.poll() else "exited while loading"
+            if stopping.is_set():
+                break  # Ctrl-C while loading
+            if message:
+                stop()
+                raise SeqkitError(f"worker {i}: {message}")
+        else:
+            print(_url_line(sock, names, workers), flush=True)
+            gone = wait([proc.sentinel for proc in procs])
+            if not stopping.is_set():
+                dead = next(proc for proc in procs if proc.sentinel in gone)
+                stop()
+                code = dead.exitcode or 0
+                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+                raise SeqkitError(f"worker {dead.name} {how}; stopped the other workers")
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        sock.close()
     print("seqkit serve: stopped", file=sys.stderr, flush=True)

@@ -2,7 +2,7 @@
 ``runs/`` holds tiny runs of the tasks it names (``msra`` a tagger, ``kjv`` a language model,
 ``asr`` a speech model, ``asr-stream`` a forward-only one). Python blocks run in a fresh
 interpreter each; bash blocks line by line, ``seqkit serve`` started in the background on a free
-port (the page's 8000 is rewritten to it) and stopped at the end. ``pip install`` lines are not
+port (the page's 8000 is rewritten to it; a later one replaces it) and stopped at the end. ``pip install`` lines are not
 run: installing is what CI did before the tests."""
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ def test_every_block_of_the_deploying_page_runs(folder):
                     continue
                 line = line.replace("8000", port)
                 if line.startswith("seqkit serve"):
+                    if server is not None:  # a later `seqkit serve` on the page replaces the running one
+                        server.send_signal(signal.SIGINT)
+                        assert server.wait(timeout=30) == 0, f"{where}: the previous seqkit serve did not stop"
                     server = subprocess.Popen(["bash", "-c", f"exec {line} --rate-limit 0"], cwd=folder, env=env,
                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                     _wait(server, port, where)

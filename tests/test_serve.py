@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -765,3 +766,43 @@ def test_ctrl_c_stops_the_server_cleanly(servers):
     limited = servers["limited"]
     assert limited.stop() == 0
     assert "seqkit serve: stopped" in limited.log.read_text() and "Traceback" not in limited.log.read_text()
+
+
+def _gone(pid: int, timeout: float = 20) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_workers_share_the_port_and_stop_together(runs, tmp_path):
+    """--workers 2: two processes answer the one port (fresh connections reach both), Ctrl-C stops
+    both cleanly; a worker that dies takes the other down, and the parent says which."""
+    server = Server([str(runs["tagger"]), "--workers", "2", "--rate-limit", "0"], tmp_path / "workers.log").wait()
+    try:
+        pids = set()
+        for _ in range(40):
+            with httpx.Client(base_url=server.url, timeout=60) as c:  # a new connection each time
+                pids.add(c.get("/health").json()["pid"])
+                assert c.post("/tag", json={"text": "Ada Brook lives in Paris"}).json()["tokens"][0] == "Ada"
+        assert len(pids) == 2 and server.proc.pid not in pids
+    finally:
+        assert server.stop() == 0
+    log = server.log.read_text()
+    assert "seqkit serve: stopped" in log and "Traceback" not in log
+    assert all(_gone(pid) for pid in pids)
+
+    server = Server([str(runs["tagger"]), "--workers", "2"], tmp_path / "dies.log").wait()
+    try:
+        pid = httpx.get(f"{server.url}/health", timeout=60).json()["pid"]
+        os.kill(pid, signal.SIGKILL)
+        assert server.proc.wait(timeout=60) == 2  # as every seqkit error
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert re.search(r"error: worker seqkit-serve-\d was killed by SIGKILL; stopped the other workers", log)
+    assert "Traceback" not in log

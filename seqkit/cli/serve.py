@@ -43,6 +43,10 @@ class _Size(click.ParamType):
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
               help="The recurrences' precision. bf16 pays on CPUs with AVX512-BF16 or AMX and on GPUs "
                    "(MSRA tagger on such a CPU: 1.2-1.35x fp32's throughput; docs/deploying.md).")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Server processes, each with its own copy of the models, all on one port. One Python process "
+                   "uses about one core (HTTP and the model share its GIL); on more cores, more workers serve "
+                   "more. Limits, micro-batches and /metrics are per worker.")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(min=1),
               help="Micro-batching: texts per model call for /tag, /score, /embed (1: off).")
 @click.option("--max-wait-ms", default=0.0, show_default=True, type=click.FloatRange(min=0),
@@ -70,7 +74,8 @@ class _Size(click.ParamType):
 @click.option("--log-level", default="warning", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]), help="uvicorn's log level.")
 @click.option("--access-log", is_flag=True, help="Log every request on stderr.")
-def serve_cmd(runs: tuple[str, ...], host: str, port: int, device: str, threads: int, precision: str, max_batch: int,
+def serve_cmd(runs: tuple[str, ...], host: str, port: int, device: str, threads: int, precision: str, workers: int,
+              max_batch: int,
               max_wait_ms: float, max_queue: int, max_body: int, max_audio_body: int, max_chars: int, max_texts: int,
               max_audio_seconds: float, max_tokens: int, max_frames: int, rate_limit: float, rate_burst: float,
               log_level: str, access_log: bool) -> None:
@@ -86,7 +91,7 @@ def serve_cmd(runs: tuple[str, ...], host: str, port: int, device: str, threads:
     docs/deploying.md.
     """
     try:
-        from ..serve import Limits, load_runs, run_server
+        from ..serve import Limits, WorkerSpec, load_runs, run_server, run_workers
     except ImportError as exc:
         raise SeqkitError(f"seqkit serve needs {exc.name or 'the serve extra'}: pip install 'seqkit[serve]' "
                           "(starlette, uvicorn, python-multipart, prometheus-client)") from None
@@ -99,5 +104,13 @@ def serve_cmd(runs: tuple[str, ...], host: str, port: int, device: str, threads:
                     max_audio_seconds=max_audio_seconds, max_tokens=max_tokens, max_frames=max_frames,
                     rate_limit=rate_limit,
                     rate_burst=rate_burst)
-    models = load_runs(runs, device=device, precision=precision)
-    run_server(models, limits, host=host, port=port, log_level=log_level, access_log=access_log)
+    models = load_runs(runs, device=device, precision=precision)  # every error and warning here, once
+    if workers == 1:
+        run_server(models, limits, host=host, port=port, log_level=log_level, access_log=access_log)
+        return
+    names = list(models)
+    for served in models.values():
+        served.executor.shutdown()
+    del models, served
+    spec = WorkerSpec(runs, device, precision, threads, limits, log_level, access_log)
+    run_workers(spec, workers, host=host, port=port, names=names)
