@@ -651,6 +651,9 @@ def run_workers(spec: WorkerSpec, workers: int, *, host: str = "127.0.0.1", port
     import multiprocessing
     from multiprocessing.connection import wait
 
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise SeqkitError("--workers: this system has no SO_REUSEPORT for the workers to share a port; "
+                          "use --workers 1")
     sock = listen(host, port, reuse_port=True, backlog=None)
     bound_host, bound_port = sock.getsockname()[:2]
     context = multiprocessing.get_context("spawn")  # never fork a process that has run torch
