@@ -32,6 +32,7 @@ import torch
 
 import seqkit
 from seqkit.export import export_run
+from seqkit.recipe import PRECISIONS
 
 
 def _inputs(model, limit: int) -> tuple[str, list]:
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], help="client threads (threads)")
     parser.add_argument("--rounds", type=int, default=1, help="passes over the items per client count (threads)")
     parser.add_argument("--chunk-ms", type=int, default=100, help="streamed chunk (stream; default 100)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="the eager model's precision (export, threads, batching; default fp32)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)

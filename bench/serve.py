@@ -36,6 +36,8 @@ from pathlib import Path
 
 import httpx
 
+from seqkit.recipe import PRECISIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXED = ["张三在北京大学工作。", "国务院总理李鹏今天在人民大会堂会见了来访的日本客人。",
          "新华社北京三月十日电", "中国足球协会在上海举行新闻发布会。", "他毕业于清华大学，现在在微软亚洲研究院工作。"]
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the server's --threads (default 0: not passed, so the server's own default, 1)")
     parser.add_argument("--max-wait-ms", type=float, default=None,
                         help="the micro-batched server's --max-wait-ms (default: not passed, so the server's own)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="both servers' --precision (default fp32)")
     parser.add_argument("--workers", type=int, default=1, help="both servers' --workers (default 1)")
     parser.add_argument("--client", choices=["httpx", "wrk"], default="httpx",

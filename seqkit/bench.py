@@ -25,11 +25,11 @@ from torch.nn import functional as F
 from . import registry
 from .cells import Cell
 from .encoder import Encoder
+from .recipe import PRECISIONS
 
 __all__ = ["BenchConfig", "BenchSkipped", "ThirdPartyLSTMCell", "format_table", "run_encoder_bench"]
 
 MODES = ("fwd", "fwd+bwd")
-PRECISIONS = ("fp32", "bf16")
 
 
 class BenchSkipped(Exception):

@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint
 from .encoder import Encoder
 from .errors import RecipeError, SeqkitError
 from .fsio import write_text_atomic
-from .recipe import Recipe, parse_overrides
+from .recipe import PRECISIONS, Recipe, parse_overrides
 from .tasks import Task, get_task, recipe_base, write_json
 from .train import Trainer, check_train_config, cpu_has_native_bf16, reuse_freed_memory
 
@@ -340,15 +340,16 @@ def load(run_dir: str | os.PathLike, *, device: str = "cpu", checkpoint: str = "
     return model
 
 
-PRECISIONS = ("fp32", "bf16")
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise SeqkitError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def set_inference_precision(model: nn.Module, precision: str) -> None:
     """Every encoder of ``model`` runs its eval-mode recurrences in ``precision`` (``fp32`` or
     ``bf16``; see :class:`seqkit.Encoder`'s ``inference_dtype``). bf16 on a CPU without native
     bf16 works but is slow, and says so; on a GPU without bf16 it is an error."""
-    if precision not in PRECISIONS:
-        raise SeqkitError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    _check_precision(precision)
     dtype = torch.bfloat16 if precision == "bf16" else None
     if dtype is not None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -367,8 +368,7 @@ def _load(run: Path, *, device: str = "cpu", checkpoint: str = "best",
           precision: str = "fp32") -> tuple[nn.Module, Task]:
     if checkpoint not in ("best", "last"):
         raise SeqkitError(f"checkpoint: expected 'best' or 'last', got {checkpoint!r}")
-    if precision not in PRECISIONS:
-        raise SeqkitError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    _check_precision(precision)  # before the (slow) load
     if not run.is_dir():
         raise SeqkitError(f"{run}: no such run folder; train one with `seqkit recipe run`")
     if not (run / RECIPE_FILE).exists():

@@ -26,6 +26,9 @@ import yaml
 
 from .errors import RecipeError
 
+Precision = Literal["fp32", "bf16"]  # train.precision, seqkit.load(precision=), --precision
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+
 __all__ = [
     "COMPONENT_SECTIONS",
     "EncoderConfig",
@@ -110,7 +113,7 @@ class TrainConfig:
     eval_batch_size: int = bounded(128, ge=1)
     max_length: int = bounded(0, ge=0)  # split longer training sequences into chunks; 0: keep whole
     threads: int = bounded(0, ge=0)  # torch intra-op threads; 0: leave torch's default
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast matmuls and recurrences to bfloat16
+    precision: Precision = "fp32"  # bf16: autocast matmuls and recurrences to bfloat16
 
 
 @dataclass

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..bench import BenchConfig
+from ..recipe import PRECISIONS
 from . import cli
 
 _DEFAULT = BenchConfig()  # the options' defaults are the library's
@@ -32,7 +33,7 @@ def bench_group() -> None:
 @click.option("--threads", default=_DEFAULT.threads, show_default=True,
               help="torch intra-op threads (0: torch's default).")
 @click.option("--device", default=_DEFAULT.device, show_default=True, help="cpu or cuda[:N].")
-@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "bf16"]),
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(PRECISIONS),
               help=f"Repeat to pick several (default: {', '.join(_DEFAULT.precisions)}).")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["fwd", "fwd+bwd"]),
               help=f"Repeat to pick several (default: {', '.join(_DEFAULT.modes)}).")

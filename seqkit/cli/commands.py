@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..recipe import PRECISIONS
 from . import cli
 
 
@@ -49,7 +50,7 @@ def plugins_cmd(as_json: bool) -> None:
                    "music; default: the run's test split).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS),
               help="The recurrences' precision (as seqkit serve --precision): what bf16 costs in accuracy.")
 def evaluate_cmd(run: Path, data: Path | None, as_json: bool, batch_size: int, precision: str) -> None:
     """Scores of the model in RUN on its test split or on --data, as its task reports them

@@ -7,6 +7,7 @@ import re
 import click
 
 from ..errors import SeqkitError
+from ..recipe import PRECISIONS
 from . import cli
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30}
@@ -40,7 +41,7 @@ class _Size(click.ParamType):
               help="torch intra-op threads of each model's thread (0: torch's default). Called from a thread "
                    "other than the main one, torch's OpenMP threads cost more than they give: 2 were 3x slower "
                    "than 1 for an MSRA sentence on 2 cores (docs/deploying.md).")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "bf16"]),
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS),
               help="The recurrences' precision. bf16 pays on CPUs with AVX512-BF16 or AMX and on GPUs "
                    "(MSRA tagger on such a CPU: 1.2-1.35x fp32's throughput; docs/deploying.md).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
