@@ -239,12 +239,12 @@ class Encoder(nn.Module):
         order = sorted(range(n), key=lambda i: -lens[i])
         if order == list(range(n)):
             return self._run(x, lens, state, weights)
-        if (self.fused and not self.training and min(lens) < length
-                and not self._packs(sorted(lens, reverse=True), x, weights)):
+        ordered = [lens[i] for i in order]  # not all full: a batch of full rows is already in order
+        if self.fused and not self.training and not self._packs(ordered, x, weights):
             return self._layers(x, lens, state, weights)  # the frozen fused path takes rows in any order
         perm = torch.tensor(order, device=x.device)
         x = x.index_select(1, perm)
-        lens = [lens[i] for i in order]
+        lens = ordered
         if state is not None:
             state = tuple(s.index_select(1, perm) for s in state)
         out, final = self._run(x, lens, state, weights)
@@ -470,8 +470,8 @@ def _run_fused(kernel: Optional[str], x: Tensor, state: State, params: list[Tens
             x = x.to(dtype)
             state = tuple(s.to(dtype) for s in state)
             params = _low_precision(params, dtype)
-            if x.size(-1) % 2 and x.device.type == "cpu" and batch_sizes is None:
-                x, params = _even_width(x, params, args)
+            if kernel == "lstm" and x.size(-1) % 2 and x.device.type == "cpu" and batch_sizes is None:
+                x, params = _even_width(x, params, args)  # (torch runs a GRU in its own loop, never oneDNN)
         return call(kernel, x, state, params, args)
 
 
@@ -485,8 +485,8 @@ def _even_width(x: Tensor, params: list[Tensor], args: tuple) -> tuple[Tensor, l
 
 def _low_precision(params: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
     """``params`` in ``dtype``. Without autograd, a parameter's copy is made once and kept on
-    it until the parameter changes (its version, storage or dtype), not on every call: at
-    batch 1 the casts took a third of a bf16 MSRA direction."""
+    it until the parameter changes (its version, storage or dtype), not on every call: cast on
+    every call, the weights cost about 0.3 ms of a 3 ms bf16 MSRA sentence tagged alone."""
     if torch.is_grad_enabled():
         return [p.to(dtype) for p in params]
     return [_kept_copy(p, dtype) if isinstance(p, nn.Parameter) else p.to(dtype) for p in params]
