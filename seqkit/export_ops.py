@@ -31,7 +31,7 @@ FREEZE = 1e4
 
 def frozen_padding(kernel: str, x: Tensor, lengths: Tensor, state: tuple[Tensor, ...], params: list[Tensor],
                    run: Optional[Callable[..., tuple[Tensor, tuple[Tensor, ...]]]] = None,
-                   training: bool = False) -> tuple[Tensor, tuple[Tensor, ...]]:
+                   training: bool = False, bidirectional: bool = False) -> tuple[Tensor, tuple[Tensor, ...]]:
     """One direction of one layer over a padded batch in one fused call, padded steps frozen.
 
     ``x`` (L, N, I) time-major, ``lengths`` (N,), ``state`` (1, N, H) each, ``params`` the
@@ -39,27 +39,34 @@ def frozen_padding(kernel: str, x: Tensor, lengths: Tensor, state: tuple[Tensor,
     the final state is each row's state after its own last step (its initial state if empty).
     Tensor operations only: ``lengths`` may be a traced or symbolic input. ``run(kernel, x,
     state, params, args)`` calls the kernel (default: ``torch.lstm``/``torch.gru`` as they are).
+
+    ``bidirectional``: both directions of the layer in one call (``state`` (2, N, H) each,
+    ``params`` both directions' four, outputs (L, N, 2H)). The kernel's reverse direction starts
+    at the padded end: frozen steps keep a GRU's h as it is, but an LSTM's h becomes
+    ``o * tanh(c)``, which is its initial h only when the initial state is zero, so an LSTM
+    caller passes zero states (the encoder takes this path only then).
     """
     length, n = x.shape[0], x.shape[1]
-    w_ih, *rest = params
-    h = w_ih.shape[0] // (4 if kernel == "lstm" else 3)
+    h = params[1].shape[1]
     pad = torch.arange(length, device=x.device).unsqueeze(1) >= lengths.to(x.device).unsqueeze(0)  # (L, N)
     x = x.masked_fill(pad.unsqueeze(-1), 0.0)  # whatever the padding holds (NaN, 1e5) stays out
     flagged = torch.cat([x, pad.unsqueeze(-1).to(x.dtype)], dim=-1)  # (L, N, I + 1)
-    column = w_ih.new_zeros(w_ih.shape[0], 1)
+    column = params[0].new_zeros(params[0].shape[0], 1)
     if kernel == "lstm":
         column[:h] = -FREEZE  # input gate closed
         column[h: 2 * h] = FREEZE  # forget gate open
     else:
         column[h: 2 * h] = FREEZE  # update gate keeps h
-    weights = [torch.cat([w_ih, column], dim=1), *rest]
-    out, new = (run or call_kernel)(kernel, flagged, state, weights, (True, 1, 0.0, training, False, False))
+    firsts = (0, 4) if bidirectional else (0,)  # each direction's w_ih gets the flag's column
+    weights = [torch.cat([p, column], dim=1) if i in firsts else p for i, p in enumerate(params)]
+    out, new = (run or call_kernel)(kernel, flagged, state, weights, (True, 1, 0.0, training, bidirectional, False))
     out = out.masked_fill(pad.unsqueeze(-1), 0.0)
-    if kernel == "lstm":  # h at each row's own last step (its initial h if empty)
+    if kernel == "lstm":  # the forward h at each row's own last step (its initial h if empty)
         last = (lengths.to(x.device) - 1).clamp(min=0)
-        h_last = out.gather(0, last.view(1, n, 1).expand(1, n, h))  # (1, N, H)
+        h_last = out[..., :h].gather(0, last.view(1, n, 1).expand(1, n, h))  # (1, N, H)
         live = (lengths.to(x.device) > 0).view(1, n, 1)
-        new = (torch.where(live, h_last, state[0].to(h_last.dtype)), new[1])
+        h_last = torch.where(live, h_last, state[0][:1].to(h_last.dtype))
+        new = (torch.cat([h_last, new[0][1:]]) if bidirectional else h_last, new[1])
     return out, new
 
 

@@ -84,6 +84,44 @@ def test_inference_runs_packed_and_agrees_with_the_frozen_path(lengths, pad, cel
         torch.testing.assert_close(a, b.detach())
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_inference_runs_both_directions_in_one_call(cell, layers, dtype):
+    """In eval mode an unpacked bidirectional batch runs each layer's two directions in one
+    fused call over the padding as it is (the reverse direction starts on the padded end, which
+    leaves a zero state at zero); training runs each direction over rows reversed within their
+    own lengths. Same outputs, padding zero whatever it held, same final states."""
+    torch.manual_seed(2)
+    enc = seqkit.Encoder(5, 6, num_layers=layers, cell=cell, bidirectional=True, batch_first=True)
+    if dtype == torch.float64:
+        enc = enc.double()
+    else:
+        enc.inference_dtype = dtype
+    x = torch.randn(4, 8, 5, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    lens = torch.tensor([8, 3, 0, 6])  # an empty row: never packed
+    x[1, 3:] = float("nan")
+    with torch.no_grad():
+        out, final = enc(x, lens)  # training mode (no dropout here): one direction at a time
+        calls = []
+        one_call = enc._both_directions
+        enc._both_directions = lambda *a: calls.append(1) or one_call(*a)
+        enc.eval()
+        if dtype != torch.float64:  # the reference in bf16 too
+            with torch.autocast("cpu", dtype=dtype):
+                enc.train()
+                out, final = enc(x, lens)
+                enc.eval()
+        out_e, final_e = enc(x, lens)
+    assert calls == [1]
+    assert not out_e[1, 3:].any() and not out_e[2].any()
+    exact = {} if dtype == torch.float64 else {"rtol": 0.02, "atol": 0.02}
+    torch.testing.assert_close(out_e, out.to(out_e.dtype), **exact)
+    for a, b in zip(final_e, final):
+        assert a.shape == (2 * layers, 4, 6)
+        torch.testing.assert_close(a, b.to(a.dtype), **exact)
+
+
 @pytest.mark.parametrize("kernel", ["lstm", "gru"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("biases", [False, True])
