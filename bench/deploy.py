@@ -12,8 +12,9 @@ or waveform to text (log-mel features, network, greedy CTC). ``export`` and ``st
 intra-op thread (``--threads``) for torch and for ONNX Runtime alike; ``threads`` gives each of
 the client threads' calls that many. ``batching`` is the most that micro-batching (``seqkit
 serve``) can gain for a tagger, with no HTTP at all: sentences per second tagged one per call
-against ``--batch`` per call (default 64; 32 is the server's ``--max-batch``). Run it with
-nothing else on the machine.
+against ``--batch`` per call (default 64; 32 is the server's ``--max-batch``), and the same
+for the time inside the encoder (the recurrence), whose ratio bounds the whole one's. Run it
+with nothing else on the machine.
 """
 
 from __future__ import annotations
@@ -160,19 +161,30 @@ def bench_batching(run: Path, limit: int, threads: int, batch: int, precision: s
     kind, items = _inputs(model, limit)
     if kind != "sentences":
         raise SystemExit("batching: a tagging run is needed")
+    encoder = next(m for m in model.modules() if isinstance(m, seqkit.Encoder))
+    inside = [0.0]  # seconds in the encoder's forward (the recurrence), timed by two hooks
+    encoder.register_forward_pre_hook(lambda *_: inside.__setitem__(0, inside[0] - time.perf_counter()))
+    encoder.register_forward_hook(lambda *_: inside.__setitem__(0, inside[0] + time.perf_counter()))
     model.tag(items[:batch])  # warm-up
+    inside[0] = 0.0
     started = time.perf_counter()
     for item in items:
         model.tag(item)
-    one = len(items) / (time.perf_counter() - started)
+    one, one_encoder = len(items) / (time.perf_counter() - started), inside[0] / len(items)
+    inside[0] = 0.0
     started = time.perf_counter()
     for start in range(0, len(items), batch):
         model.tag(items[start: start + batch])
-    many = len(items) / (time.perf_counter() - started)
+    many, many_encoder = len(items) / (time.perf_counter() - started), inside[0] / len(items)
     result = {"run": str(run), "threads": threads, "precision": precision, "sentences": len(items), "batch": batch,
-              "one_per_call_per_s": round(one, 1), "batched_per_s": round(many, 1), "ratio": round(many / one, 2)}
+              "one_per_call_per_s": round(one, 1), "batched_per_s": round(many, 1), "ratio": round(many / one, 2),
+              "encoder_ms_one_per_call": round(one_encoder * 1e3, 3),
+              "encoder_ms_batched": round(many_encoder * 1e3, 3),
+              "encoder_ratio": round(one_encoder / many_encoder, 2)}
     print(f"{len(items)} sentences, {threads} thread(s): {result['one_per_call_per_s']}/s one per call, "
           f"{result['batched_per_s']}/s {batch} per call: {result['ratio']}x")
+    print(f"the encoder alone: {result['encoder_ms_one_per_call']} ms a sentence one per call, "
+          f"{result['encoder_ms_batched']} ms {batch} per call: {result['encoder_ratio']}x")
     return result
 
 
