@@ -384,7 +384,9 @@ class Encoder(nn.Module):
         fused; ``run_direction`` (default :func:`_fused_direction`) runs one fused direction."""
         if (self.fused and run_direction is None and lens is not None and state is None and not weights
                 and not self.training and self.directions == "bidirectional"):
-            return self._both_directions(x, lens)
+            both = self._both_directions(x, lens)
+            if both is not None:
+                return both
         index = _reverse_index(lens, x.size(0), x.device) if self.bidirectional and lens is not None else None
 
         def flip(t: Tensor) -> Tensor:  # each sequence reversed within its own length, padding in place
@@ -418,22 +420,29 @@ class Encoder(nn.Module):
         stacked = tuple(torch.stack(parts) for parts in zip(*finals))  # (layers*D, N, H) each
         return out, stacked
 
-    def _both_directions(self, x: Tensor, lens: list[int] | Tensor) -> tuple[Tensor, State]:
+    def _both_directions(self, x: Tensor, lens: list[int] | Tensor) -> Optional[tuple[Tensor, State]]:
         """At inference from zero states: each bidirectional layer in one fused call over the
         padded batch as it is (:func:`frozen_padding` with ``bidirectional``), where
         :meth:`_layers` runs each direction on its own, the reverse one over every row reversed
         within its length (two gathers a layer, and two more for its output and the layer above).
         Same outputs and final states. MSRA in bf16, 32 sentences a call, 1 thread: 1,357-1,451
-        against 1,241-1,263 sentences/s (``bench/deploy.py batching``, docs/results.md)."""
-        lengths = torch.as_tensor(lens, device=x.device)
-        first = self.cells["l0"]
-        n, finals = x.size(1), []
+        against 1,241-1,263 sentences/s (``bench/deploy.py batching``, docs/results.md).
+        None (run the layers one direction at a time) for an LSTM cell whose initial state is
+        not zero: its reverse direction would not start from it."""
+        n = x.size(1)
+        states = []
         for layer in range(self.num_layers):
             cells = [self.cells[f"l{layer}"], self.cells[f"l{layer}_reverse"]]
-            zeros = first.initial_state(2 * n, device=x.device, dtype=x.dtype)
-            h0 = tuple(z.view(2, n, -1) for z in zeros)
+            h0 = tuple(torch.stack(parts) for parts in zip(*(
+                c.initial_state(n, device=x.device, dtype=x.dtype) for c in cells)))  # (2, N, H) each
+            if cells[0].fused == "lstm" and any(bool(s.any()) for s in h0):
+                return None
+            states.append((cells, h0))
+        lengths = torch.as_tensor(lens, device=x.device)
+        finals = []
+        for cells, h0 in states:
             params = [w for c in cells for w in _fused_weights(c, None)]
-            x, final = frozen_padding(first.fused, x, lengths, h0, params, _run_fused, bidirectional=True)
+            x, final = frozen_padding(cells[0].fused, x, lengths, h0, params, _run_fused, bidirectional=True)
             finals.append(final)
         stacked = tuple(torch.cat(parts) for parts in zip(*finals))  # (layers*2, N, H) each
         return x, stacked

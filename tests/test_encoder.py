@@ -122,6 +122,31 @@ def test_inference_runs_both_directions_in_one_call(cell, layers, dtype):
         torch.testing.assert_close(a, b.to(a.dtype), **exact)
 
 
+class _StartsWarm(LSTMCell):
+    """A fused LSTM cell whose initial state is not zero."""
+
+    def initial_state(self, batch_size, *, device=None, dtype=None):
+        h = torch.full((batch_size, self.hidden_size), 0.5, device=device, dtype=dtype)
+        return (h, -h)
+
+
+def test_one_call_is_not_taken_from_a_state_that_is_not_zero():
+    """The one-call path's reverse direction crosses the padding first, which keeps an LSTM at a
+    zero state but not at any other; such a cell runs one direction at a time, as in training."""
+    torch.manual_seed(4)
+    enc = seqkit.Encoder(3, 4, num_layers=2, cell=_StartsWarm, bidirectional=True, batch_first=True).double()
+    assert enc.fused
+    x, lens = torch.randn(3, 6, 3, dtype=torch.float64), torch.tensor([6, 2, 0])
+    with torch.no_grad():
+        out, final = enc(x, lens)
+        enc.eval()
+        out_e, final_e = enc(x, lens)
+    torch.testing.assert_close(out_e, out)
+    for a, b in zip(final_e, final):
+        torch.testing.assert_close(a, b)
+    assert enc._both_directions(x.transpose(0, 1), [6, 2, 0]) is None
+
+
 @pytest.mark.parametrize("kernel", ["lstm", "gru"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("biases", [False, True])
