@@ -688,6 +688,7 @@ def run_workers(spec: WorkerSpec, workers: int, *, host: str = "127.0.0.1", port
             gone = wait([proc.sentinel for proc in procs])
             if not stopping.is_set():
                 dead = next(proc for proc in procs if proc.sentinel in gone)
+                dead.join(timeout=10)  # its pipe closes as it dies, a moment before its exit status is there
                 stop()
                 code = dead.exitcode or 0
                 how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
