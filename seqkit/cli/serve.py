@@ -43,7 +43,7 @@ class _Size(click.ParamType):
                    "than 1 for an MSRA sentence on 2 cores (docs/deploying.md).")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(PRECISIONS),
               help="The recurrences' precision. bf16 pays on CPUs with AVX512-BF16 or AMX and on GPUs "
-                   "(MSRA tagger on such a CPU: 1.2-1.35x fp32's throughput; docs/deploying.md).")
+                   "(MSRA tagger on such a CPU: 1.2-1.4x fp32's requests/s; docs/deploying.md).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="Server processes, each with its own copy of the models, all on one port. One Python process "
                    "uses about one core (HTTP and the model share its GIL); on more cores, more workers serve "
