@@ -5,7 +5,8 @@ several client threads on one model, and streaming transcription (CER, chunk-to-
     python bench/deploy.py export runs/ctc-stream           # speech model: the same
     python bench/deploy.py threads runs/msra                # 1, 2, 4 client threads sharing one model
     python bench/deploy.py stream runs/ctc-stream           # streaming CER and latency, 100 ms chunks
-    python bench/deploy.py batching runs/msra               # tag() one sentence a call vs 32 a call
+    python bench/deploy.py batching runs/msra               # tag() one sentence a call vs 64 a call
+    python bench/deploy.py batching runs/msra --batch 32 --device cuda   # the same on a GPU
 
 Each figure is end to end, as an app sees it: text to entities (tokenising, network, Viterbi)
 or waveform to text (log-mel features, network, greedy CTC). ``export`` and ``stream`` use one
@@ -101,12 +102,13 @@ def bench_export(run: Path, limit: int, threads: int, batch: int, precision: str
 
 
 def bench_threads(run: Path, limit: int, clients: list[int], rounds: int, threads: int,
-                  precision: str = "fp32") -> dict:
-    model = seqkit.load(run, threads=threads, precision=precision)
+                  precision: str = "fp32", device: str = "cpu") -> dict:
+    model = seqkit.load(run, threads=threads, precision=precision, device=device)
     kind, items = _inputs(model, limit)
     call = model.tag if kind == "sentences" else (lambda x: model.transcribe(x[0], sample_rate=model.sample_rate))
     call(items[0])
-    result = {"run": str(run), "torch_threads": torch.get_num_threads(), kind: len(items), "precision": precision}
+    result = {"run": str(run), "torch_threads": torch.get_num_threads(), kind: len(items), "precision": precision,
+              "device": device}
     def work(part: list) -> list[float]:
         times = []
         for item in part:
@@ -156,15 +158,22 @@ def bench_stream(run: Path, limit: int, threads: int, chunk_ms: int) -> dict:
     return result
 
 
-def bench_batching(run: Path, limit: int, threads: int, batch: int, precision: str = "fp32") -> dict:
-    model = seqkit.load(run, threads=threads, precision=precision)
+def bench_batching(run: Path, limit: int, threads: int, batch: int, precision: str = "fp32",
+                   device: str = "cpu") -> dict:
+    model = seqkit.load(run, threads=threads, precision=precision, device=device)
     kind, items = _inputs(model, limit)
     if kind != "sentences":
         raise SystemExit("batching: a tagging run is needed")
     encoder = next(m for m in model.modules() if isinstance(m, seqkit.Encoder))
     inside = [0.0]  # seconds in the encoder's forward (the recurrence), timed by two hooks
-    encoder.register_forward_pre_hook(lambda *_: inside.__setitem__(0, inside[0] - time.perf_counter()))
-    encoder.register_forward_hook(lambda *_: inside.__setitem__(0, inside[0] + time.perf_counter()))
+
+    def clock() -> float:  # a GPU's queued kernels finish first
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    encoder.register_forward_pre_hook(lambda *_: inside.__setitem__(0, inside[0] - clock()))
+    encoder.register_forward_hook(lambda *_: inside.__setitem__(0, inside[0] + clock()))
     model.tag(items[:batch])  # warm-up
     inside[0] = 0.0
     started = time.perf_counter()
@@ -176,7 +185,8 @@ def bench_batching(run: Path, limit: int, threads: int, batch: int, precision: s
     for start in range(0, len(items), batch):
         model.tag(items[start: start + batch])
     many, many_encoder = len(items) / (time.perf_counter() - started), inside[0] / len(items)
-    result = {"run": str(run), "threads": threads, "precision": precision, "sentences": len(items), "batch": batch,
+    result = {"run": str(run), "threads": threads, "precision": precision, "device": device,
+              "sentences": len(items), "batch": batch,
               "one_per_call_per_s": round(one, 1), "batched_per_s": round(many, 1), "ratio": round(many / one, 2),
               "encoder_ms_one_per_call": round(one_encoder * 1e3, 3),
               "encoder_ms_batched": round(many_encoder * 1e3, 3),
@@ -201,14 +211,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunk-ms", type=int, default=100, help="streamed chunk (stream; default 100)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="the eager model's precision (export, threads, batching; default fp32)")
+    parser.add_argument("--device", default="cpu",
+                        help="the eager model's device (threads, batching; default cpu; cuda for a GPU)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     if args.what == "export":
         result = bench_export(args.run, args.limit, args.threads, args.batch, args.precision)
     elif args.what == "threads":
-        result = bench_threads(args.run, args.limit, args.clients, args.rounds, args.threads, args.precision)
+        result = bench_threads(args.run, args.limit, args.clients, args.rounds, args.threads, args.precision,
+                               args.device)
     elif args.what == "batching":
-        result = bench_batching(args.run, args.limit, args.threads, args.batch, args.precision)
+        result = bench_batching(args.run, args.limit, args.threads, args.batch, args.precision, args.device)
     else:
         result = bench_stream(args.run, args.limit, args.threads, args.chunk_ms)
     if args.json:

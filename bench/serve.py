@@ -4,6 +4,7 @@
     python bench/serve.py runs/msra --seconds 20 --clients 1,8,32,64 --json serve.json
     python bench/serve.py runs/x --requests 16     # a quick check that it runs end to end
     python bench/serve.py runs/msra --client wrk --seconds 15   # the load from wrk (apt-get install wrk)
+    python bench/serve.py runs/msra --client wrk --seconds 15 --device cuda --precision bf16   # on a GPU
 
 Starts `seqkit serve RUN` on a free loopback port twice, once as is (--max-batch 32, micro-batching
 on) and once with --max-batch 1 (every request its own model call). At each concurrency level the
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="both servers' --precision (default fp32)")
     parser.add_argument("--workers", type=int, default=1, help="both servers' --workers (default 1)")
+    parser.add_argument("--device", default="cpu", help="both servers' --device (default cpu; cuda for a GPU)")
     parser.add_argument("--client", choices=["httpx", "wrk"], default="httpx",
                         help="the load generator: Python asyncio + httpx (default) or wrk")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -182,8 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {"run": str(args.run), "sentences": len(texts), "cores": os.cpu_count(), "client": args.client,
                     "modes": {}}
     waits = [] if args.max_wait_ms is None else ["--max-wait-ms", str(args.max_wait_ms)]
-    both = ["--precision", args.precision, "--workers", str(args.workers)]
-    result["precision"], result["workers"] = args.precision, args.workers
+    both = ["--precision", args.precision, "--workers", str(args.workers), "--device", args.device]
+    result["precision"], result["workers"], result["device"] = args.precision, args.workers, args.device
     for mode, extra in (("micro-batching", waits + both), ("max-batch 1", ["--max-batch", "1", *both])):
         proc, url = start(args.run, extra, args.threads)
         try:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -150,3 +153,26 @@ def test_bf16_precision_runs_the_encoder_in_bf16(tagger):
         assert out.dtype == torch.float32 and (out - fp32.encoder(x)[0]).abs().max() > 0
     a, b = fp32.tag(TEXTS), bf16.tag(TEXTS)
     assert sum(x["tags"] == y["tags"] for x, y in zip(a, b)) >= len(TEXTS) - 2
+
+
+def test_the_deployment_benchmarks_run_end_to_end(tagger, tmp_path):
+    """bench/deploy.py batching and bench/serve.py, as subprocesses, at tiny sizes: every field
+    they report is there (speed is never asserted; the README's figures come from full runs)."""
+    env = {**os.environ, "SEQKIT_LOAD_PLUGINS": "0"}
+    out = tmp_path / "batching.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "deploy.py"), "batching", str(tagger), "--limit", "12",
+                    "--batch", "4", "--device", "cpu", "--json", str(out)], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=300)
+    batching = json.loads(out.read_text())
+    assert batching["device"] == "cpu" and batching["sentences"] == 12 and batching["batch"] == 4
+    assert batching["one_per_call_per_s"] > 0 and batching["batched_per_s"] > 0 and batching["encoder_ms_batched"] > 0
+    out = tmp_path / "serve.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "serve.py"), str(tagger), "--requests", "8",
+                    "--clients", "1,4", "--device", "cpu", "--json", str(out)], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=300)
+    serve = json.loads(out.read_text())
+    assert serve["device"] == "cpu" and set(serve["modes"]) == {"micro-batching", "max-batch 1"}
+    for rows in serve["modes"].values():
+        assert [r["clients"] for r in rows] == [1, 4]
+        assert all(r["requests"] == 8 and r["errors"] == 0 and r["rps"] > 0 for r in rows)
+    assert serve["ratio"] > 0
