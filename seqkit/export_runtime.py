@@ -147,15 +147,21 @@ _PREFIXES = {"BIO": frozenset("BI"), "BIOES": frozenset("BIES")}
 
 
 def spans(tags: Sequence[str], scheme: str) -> list[tuple[str, int, int]]:
-    """Entity spans ``(type, start, end_exclusive)`` of a BIO/BIOES tag sequence, read leniently
-    as seqkit reads them (seqkit/metrics/spans.py)."""
+    """Entity spans ``(type, start, end_exclusive)`` of a BIO/BIOES tag sequence, in order, read
+    leniently (the rules: seqkit/metrics/spans.py, which uses this function). ValueError for an
+    unknown scheme or a tag that is not ``O`` or ``PREFIX-TYPE`` under it."""
+    if scheme not in _PREFIXES:
+        raise ValueError(f"unknown tagging scheme {scheme!r}; expected BIO or BIOES")
     prefixes = _PREFIXES[scheme]
     out: list[tuple[str, int, int]] = []
-    kind, begin = None, 0
+    kind, begin = None, 0  # the open span, if any
     for i, tag in enumerate(tags):
-        prefix, _, tag_kind = ("O", "", None) if tag == "O" else tag.partition("-")
-        if prefix != "O" and prefix not in prefixes:
-            raise ValueError(f"tag {tag!r} at position {i} is not valid under {scheme}")
+        if tag == "O":
+            prefix, tag_kind = "O", None
+        else:
+            prefix, sep, tag_kind = tag.partition("-")
+            if not sep or not tag_kind or prefix not in prefixes:
+                raise ValueError(f"tag {tag!r} at position {i} is not valid under {scheme}")
         continues = kind is not None and tag_kind == kind and prefix in ("I", "E")
         if kind is not None and not continues:
             out.append((kind, begin, i))

@@ -18,39 +18,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
+from ..export_runtime import spans  # one reader of spans, shared with exported models
+
 __all__ = ["span_scores", "spans"]
-
-_PREFIXES = {"BIO": frozenset("BI"), "BIOES": frozenset("BIES")}
-
-
-def spans(tags: Sequence[str], scheme: str) -> list[tuple[str, int, int]]:
-    """Spans ``(type, start, end_exclusive)`` of one tag sequence, in order; see module doc."""
-    if scheme not in _PREFIXES:
-        raise ValueError(f"unknown tagging scheme {scheme!r}; expected BIO or BIOES")
-    prefixes = _PREFIXES[scheme]
-    out: list[tuple[str, int, int]] = []
-    kind, begin = None, 0  # the open span, if any
-    for i, tag in enumerate(tags):
-        if tag == "O":
-            prefix, tag_kind = "O", None
-        else:
-            prefix, sep, tag_kind = tag.partition("-")
-            if not sep or not tag_kind or prefix not in prefixes:
-                raise ValueError(f"tag {tag!r} at position {i} is not valid under {scheme}")
-        continues = kind is not None and tag_kind == kind and prefix in ("I", "E")
-        if kind is not None and not continues:
-            out.append((kind, begin, i))
-            kind = None
-        if prefix == "O":
-            continue
-        if not continues:
-            kind, begin = tag_kind, i
-        if prefix in ("E", "S"):
-            out.append((kind, begin, i + 1))
-            kind = None
-    if kind is not None:
-        out.append((kind, begin, len(tags)))
-    return out
 
 
 def _prf(correct: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
