@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional, Sequence, Union
 import numpy as np
 
 __all__ = ["Graph", "LanguageModel", "Tagger", "Transcriber", "ctc_greedy", "batches_by_length", "load", "spans",
-           "viterbi"]
+           "tokens_with_offsets", "viterbi"]
 
 
 class Graph:
@@ -143,6 +143,27 @@ def _normalise(text: str, lowercase: bool) -> str:
 
 # -- tagging ----------------------------------------------------------------------------------------
 
+def tokens_with_offsets(text: str, tokenize: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """A raw string's tokens as a tagger was trained on them (``tokenize``: ``chars``, every
+    character but whitespace; otherwise whitespace-separated words) and each token's character
+    offsets ``(start, end_exclusive)`` in ``text``."""
+    toks: list[str] = []
+    offs: list[tuple[int, int]] = []
+    if tokenize == "chars":
+        for i, ch in enumerate(text):
+            if not ch.isspace():
+                toks.append(ch)
+                offs.append((i, i + 1))
+        return toks, offs
+    pos = 0
+    for word in text.split():
+        start = text.index(word, pos)
+        toks.append(word)
+        offs.append((start, start + len(word)))
+        pos = start + len(word)
+    return toks, offs
+
+
 _PREFIXES = {"BIO": frozenset("BI"), "BIOES": frozenset("BIES")}
 
 
@@ -228,20 +249,7 @@ class Tagger:
                         forbid(crf["end"], crf["allowed_end"]))
 
     def _split(self, text: str) -> tuple[list[str], list[tuple[int, int]]]:
-        toks, offs = [], []
-        if self.tokenize == "chars":
-            for i, ch in enumerate(text):
-                if not ch.isspace():
-                    toks.append(ch)
-                    offs.append((i, i + 1))
-            return toks, offs
-        pos = 0
-        for word in text.split():
-            start = text.index(word, pos)
-            toks.append(word)
-            offs.append((start, start + len(word)))
-            pos = start + len(word)
-        return toks, offs
+        return tokens_with_offsets(text, self.tokenize)
 
     def _ids(self, toks: list[str]) -> tuple[list[int], Optional[list[int]]]:
         normed = [_normalise(t, self.lowercase) for t in toks]

@@ -19,7 +19,7 @@ from ..errors import SeqkitError
 from ..recipe import bounded
 from .lexicon import KINDS, SEGMENTERS, load_lexicon, segment_features
 
-__all__ = ["TextVocab", "TokenEmbedder", "TokenFeatures", "split_text"]
+__all__ = ["TextVocab", "TokenEmbedder", "TokenFeatures"]
 
 
 @dataclass
@@ -41,13 +41,6 @@ class TokenFeatures:
 PAD, UNK = "[PAD]", "[UNK]"
 BOS, EOS = "<s>", "</s>"  # sentence edges for bigrams
 PAD_ID, UNK_ID = 0, 1
-
-
-def split_text(text: str, tokenize: str) -> list[str]:
-    """Tokenise a raw string the way the training data was: characters or whitespace words."""
-    if tokenize == "chars":
-        return [c for c in text if not c.isspace()]
-    return text.split()
 
 
 def _bigrams(tokens: Sequence[str]) -> list[str]:

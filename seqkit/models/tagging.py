@@ -16,7 +16,8 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..data.conll import read_conll
 from ..errors import SeqkitError
-from ..features.text import PAD_ID, TextVocab, TokenEmbedder, split_text
+from ..export_runtime import tokens_with_offsets
+from ..features.text import PAD_ID, TextVocab, TokenEmbedder
 from ..heads.scheme import detect_scheme
 from ..heads.tagger import IGNORE
 from ..metrics.spans import span_scores, spans
@@ -267,7 +268,7 @@ class TaggingModel(nn.Module):
         """Tokens of a raw string (as in training) with their character offsets, or of a
         pre-tokenised input with their positions."""
         if isinstance(text, str):
-            return _tokens_with_offsets(text, self.vocab.tokenize)
+            return tokens_with_offsets(text, self.vocab.tokenize)
         toks = [str(t) for t in text]
         return toks, [(i, i + 1) for i in range(len(toks))]
 
@@ -291,23 +292,6 @@ class TaggingModel(nn.Module):
             for row, (k, n) in enumerate(zip(batch.index, batch.lengths.tolist())):
                 results[live[k]]["vectors"] = out[row, :n].float().cpu()
         return results[0] if single else results
-
-
-def _tokens_with_offsets(text: str, tokenize: str) -> tuple[list[str], list[tuple[int, int]]]:
-    toks, offs = [], []
-    if tokenize == "chars":
-        for i, ch in enumerate(text):
-            if not ch.isspace():
-                toks.append(ch)
-                offs.append((i, i + 1))
-        return toks, offs
-    pos = 0
-    for word in split_text(text, tokenize):
-        start = text.index(word, pos)
-        toks.append(word)
-        offs.append((start, start + len(word)))
-        pos = start + len(word)
-    return toks, offs
 
 
 # -- the task ---------------------------------------------------------------------------------
