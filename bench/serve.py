@@ -5,6 +5,7 @@
     python bench/serve.py runs/x --requests 16     # a quick check that it runs end to end
     python bench/serve.py runs/msra --client wrk --seconds 15   # the load from wrk (apt-get install wrk)
     python bench/serve.py runs/msra --client wrk --seconds 15 --device cuda --precision bf16   # on a GPU
+    python bench/serve.py runs/msra --client wrk --seconds 15 --png serve.png   # and a picture of it
 
 Starts `seqkit serve RUN` on a free loopback port twice, once as is (--max-batch 32, micro-batching
 on) and once with --max-batch 1 (every request its own model call). At each concurrency level the
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--client", choices=["httpx", "wrk"], default="httpx",
                         help="the load generator: Python asyncio + httpx (default) or wrk")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--png", type=Path, help="also draw requests/s and latency against clients here (matplotlib)")
     args = parser.parse_args(argv)
     if args.client == "wrk" and not shutil.which("wrk"):
         raise SystemExit("--client wrk: the wrk program is not installed (apt-get install wrk)")
@@ -207,7 +209,47 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nthroughput at {top} clients: micro-batching / max-batch 1 = {result['ratio']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    if args.png:
+        draw(result, args.png)
+        print(f"drawn: {args.png}")
     return result
+
+
+def draw(result: dict, path: Path) -> None:
+    """Requests/s (left) and p50/p99 latency (right) against concurrent clients, one line per
+    mode, with the machine and the settings in the title."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--png needs matplotlib (pip install matplotlib)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for (mode, rows), color in zip(result["modes"].items(), ("tab:blue", "tab:orange")):
+        clients = [r["clients"] for r in rows]
+        left.plot(clients, [r["rps"] for r in rows], "o-", color=color, label=mode)
+        for x, r in zip(clients, rows):
+            left.annotate(f"{r['rps']:,.0f}", (x, r["rps"]), textcoords="offset points", xytext=(0, 6),
+                          ha="center", fontsize=8, color=color)
+        right.plot(clients, [r["p50_ms"] for r in rows], "o-", color=color, label=f"{mode}, p50")
+        right.plot(clients, [r["p99_ms"] for r in rows], "s--", color=color, label=f"{mode}, p99")
+    for ax, label in ((left, "requests/s"), (right, "latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([r["clients"] for r in next(iter(result["modes"].values()))])
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ratio = f"; {result['ratio']}x at the most clients" if result.get("ratio") else ""
+    fig.suptitle(f"seqkit serve /tag, {Path(result['run']).name}, {result['precision']}, {result['workers']} "
+                 f"worker(s), {result['device']}; load from {result['client']} on the same "
+                 f"{result['cores']} cores{ratio}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

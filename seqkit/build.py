@@ -284,7 +284,7 @@ def _run(recipe: Recipe, task: Task, device: torch.device, out: Path, *, resume:
     main = ctx is None or ctx.main
     if main:
         write_text_atomic(out / RECIPE_FILE, recipe.to_yaml())
-        write_json(out / VERSIONS_FILE, plugins.versions())
+        write_json(out / VERSIONS_FILE, plugins.versions(recipe))
     if recipe.train.threads > 0:
         torch.set_num_threads(recipe.train.threads)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if ctx is not None else 1

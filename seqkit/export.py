@@ -290,7 +290,7 @@ def export_run(run: Path, fmt: str, out: Path, *, checkpoint: str = "best", tria
                                    for a, n in spec.dynamic.get(k, {}).items()}}
                        for k, v in spec.inputs.items()},
             "outputs": spec.outputs, "run": str(run.resolve()), "checkpoint": checkpoint,
-            **versions(),
+            **versions(model.recipe),
             **spec.manifest,
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -225,22 +225,39 @@ def plugin_info(pm: Optional[pluggy.PluginManager] = None) -> list[PluginInfo]:
     return infos
 
 
-def versions() -> dict[str, Any]:
-    """The versions a run was trained with: seqkit, torch, and every loaded plugin distribution."""
+def versions(recipe: Any = None) -> dict[str, Any]:
+    """The versions a run was trained with: seqkit, torch, and every loaded plugin distribution;
+    given the run's ``recipe``, also ``uses``: the plugin distributions whose components (task,
+    cell, head, dataset, features) it names."""
     import torch
 
-    plugins = {i.distribution: i.version for i in plugin_info()
-               if i.distribution and i.distribution != "seqkit" and not i.problems}
-    return {"seqkit": _own_version(), "torch": torch.__version__, "plugins": dict(sorted(plugins.items()))}
+    infos = [i for i in plugin_info() if i.distribution and i.distribution != "seqkit" and not i.problems]
+    out = {"seqkit": _own_version(), "torch": torch.__version__,
+           "plugins": dict(sorted((i.distribution, i.version) for i in infos))}
+    if recipe is not None:
+        named = {"tasks": _named(recipe, "task", "name"), "cells": _named(recipe, "encoder", "cell"),
+                 "heads": _named(recipe, "head", "name"), "datasets": _named(recipe, "data", "dataset"),
+                 "features": _named(recipe, "features", "kind")}
+        out["uses"] = sorted({i.distribution for i in infos
+                              if any(name in getattr(i, kind) for kind, name in named.items() if name)})
+    return out
+
+
+def _named(recipe: Any, section: str, key: str) -> Optional[str]:
+    return getattr(getattr(recipe, section, None), key, None)
 
 
 def version_mismatch(saved: dict[str, Any]) -> list[str]:
-    """What differs between ``saved`` (:func:`versions` of a run) and what is installed now."""
+    """What differs between ``saved`` (:func:`versions` of a run) and what is installed now: seqkit,
+    and the plugin distributions the run uses (all it recorded, for a run that did not say)."""
     now = versions()
     out = []
     if saved.get("seqkit") != now["seqkit"]:
         out.append(f"seqkit {saved.get('seqkit')} (now {now['seqkit']})")
+    uses = saved.get("uses")
     for dist, version in (saved.get("plugins") or {}).items():
+        if uses is not None and dist not in uses:
+            continue  # loaded when it trained, but none of its components is in the run
         if now["plugins"].get(dist) != version:
             out.append(f"{dist} {version} (now {now['plugins'].get(dist) or _unloaded(dist)})")
     return out

@@ -104,8 +104,9 @@ def test_a_run_records_its_versions_and_load_warns_when_they_differ(tagger, tmp_
     import shutil
 
     shutil.copytree(tagger, copy)
-    (copy / "versions.json").write_text(json.dumps({**saved, "seqkit": "0.0.1",
-                                                    "plugins": {"seqkit-imaginary": "9.9"}}))
+    assert saved["uses"] == []  # the CoNLL recipe names built-in components only
+    (copy / "versions.json").write_text(json.dumps({**saved, "seqkit": "0.0.1", "plugins": {"seqkit-imaginary": "9.9"},
+                                                    "uses": ["seqkit-imaginary"]}))
     with pytest.warns(UserWarning, match=r"was trained with seqkit 0\.0\.1 \(now .*\), seqkit-imaginary 9\.9 "
                                          r"\(now not installed\); results may differ"):
         seqkit.load(copy)
@@ -168,11 +169,12 @@ def test_the_deployment_benchmarks_run_end_to_end(tagger, tmp_path):
     assert batching["one_per_call_per_s"] > 0 and batching["batched_per_s"] > 0 and batching["encoder_ms_batched"] > 0
     out = tmp_path / "serve.json"
     subprocess.run([sys.executable, str(ROOT / "bench" / "serve.py"), str(tagger), "--requests", "8",
-                    "--clients", "1,4", "--device", "cpu", "--json", str(out)], check=True, env=env, cwd=ROOT,
-                   capture_output=True, timeout=300)
+                    "--clients", "1,4", "--device", "cpu", "--json", str(out), "--png", str(tmp_path / "serve.png")],
+                   check=True, env=env, cwd=ROOT, capture_output=True, timeout=300)
     serve = json.loads(out.read_text())
     assert serve["device"] == "cpu" and set(serve["modes"]) == {"micro-batching", "max-batch 1"}
     for rows in serve["modes"].values():
         assert [r["clients"] for r in rows] == [1, 4]
         assert all(r["requests"] == 8 and r["errors"] == 0 and r["rps"] > 0 for r in rows)
     assert serve["ratio"] > 0
+    assert (tmp_path / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -109,6 +109,29 @@ def test_entry_points_found_and_broken_plugin_is_one_warning(site):
         plugins.reset(None)
 
 
+def test_a_run_records_the_plugins_it_uses_and_load_warns_only_about_those(site, monkeypatch):
+    """versions.json's ``uses``: the distributions whose components the recipe names. A plugin
+    that was merely loaded while the run trained (a cell it never used) is not worth a warning
+    when it is missing later; one whose cell the run uses is."""
+    conll = Path(__file__).resolve().parents[1] / "recipes" / "ner" / "conll.yaml"
+    with pytest.warns(plugins.PluginLoadWarning):
+        pm = plugins._make_manager(load_entry_points=True)
+    plugins.reset(pm)
+    try:
+        own = plugins.versions(seqkit.Recipe.load(conll, ["encoder.cell=gru2"]))
+        builtin = plugins.versions(seqkit.Recipe.load(conll))
+    finally:
+        plugins.reset(None)
+    assert own["plugins"]["seqkit-good"] == "1.2.3" and builtin["plugins"]["seqkit-good"] == "1.2.3"
+    assert own["uses"] == ["seqkit-good"] and builtin["uses"] == []
+    monkeypatch.setenv("SEQKIT_LOAD_PLUGINS", "0")  # now the plugin is installed but not loaded
+    assert plugins.version_mismatch(builtin) == []
+    assert plugins.version_mismatch(own) == ["seqkit-good 1.2.3 (now 1.2.3 installed but not loaded: "
+                                             "SEQKIT_LOAD_PLUGINS=0)"]
+    older = {k: v for k, v in builtin.items() if k != "uses"}  # a run from before ``uses``: every plugin counts
+    assert len(plugins.version_mismatch(older)) == len(older["plugins"]) >= 1
+
+
 def test_plugins_command_subprocess_sees_entry_points(site):
     env = {**os.environ, "SEQKIT_LOAD_PLUGINS": "1", "PYTHONPATH": str(site)}
     proc = subprocess.run([sys.executable, "-m", "seqkit", "plugins", "--json"], capture_output=True,
