@@ -5,7 +5,8 @@
     python bench/serve.py runs/x --requests 16     # a quick check that it runs end to end
     python bench/serve.py runs/msra --client wrk --seconds 15   # the load from wrk (apt-get install wrk)
     python bench/serve.py runs/msra --client wrk --seconds 15 --device cuda --precision bf16   # on a GPU
-    python bench/serve.py runs/msra --client wrk --seconds 15 --png serve.png   # and a picture of it
+    python bench/serve.py runs/msra --client wrk --seconds 15 --json s.json --png serve.png   # and a picture
+    python bench/serve.py --plot s.json --png serve.png                     # the picture again, from the JSON
 
 Starts `seqkit serve RUN` on a free loopback port twice, once as is (--max-batch 32, micro-batching
 on) and once with --max-batch 1 (every request its own model call). At each concurrency level the
@@ -178,7 +179,16 @@ def main(argv: list[str] | None = None) -> dict:
                         help="the load generator: Python asyncio + httpx (default) or wrk")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--png", type=Path, help="also draw requests/s and latency against clients here (matplotlib)")
+    parser.add_argument("--plot", type=Path, metavar="JSON",
+                        help="draw the results another run saved with --json (to --png) instead of running")
     args = parser.parse_args(argv)
+    if args.plot:
+        if not args.png:
+            raise SystemExit("--plot: say where to draw with --png")
+        result = json.loads(args.plot.read_text(encoding="utf-8"))
+        draw(result, args.png)
+        print(f"drawn: {args.png}")
+        return result
     if args.client == "wrk" and not shutil.which("wrk"):
         raise SystemExit("--client wrk: the wrk program is not installed (apt-get install wrk)")
     levels = [int(c) for c in args.clients.split(",")]
@@ -229,9 +239,10 @@ def draw(result: dict, path: Path) -> None:
     for (mode, rows), color in zip(result["modes"].items(), ("tab:blue", "tab:orange")):
         clients = [r["clients"] for r in rows]
         left.plot(clients, [r["rps"] for r in rows], "o-", color=color, label=mode)
+        above = color == "tab:blue"  # the first mode's figures above its points, the second's below
         for x, r in zip(clients, rows):
-            left.annotate(f"{r['rps']:,.0f}", (x, r["rps"]), textcoords="offset points", xytext=(0, 6),
-                          ha="center", fontsize=8, color=color)
+            left.annotate(f"{r['rps']:,.0f}", (x, r["rps"]), textcoords="offset points",
+                          xytext=(0, 6 if above else -13), ha="center", fontsize=8, color=color)
         right.plot(clients, [r["p50_ms"] for r in rows], "o-", color=color, label=f"{mode}, p50")
         right.plot(clients, [r["p99_ms"] for r in rows], "s--", color=color, label=f"{mode}, p99")
     for ax, label in ((left, "requests/s"), (right, "latency (ms)")):
@@ -244,8 +255,9 @@ def draw(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ratio = f"; {result['ratio']}x at the most clients" if result.get("ratio") else ""
-    fig.suptitle(f"seqkit serve /tag, {Path(result['run']).name}, {result['precision']}, {result['workers']} "
-                 f"worker(s), {result['device']}; load from {result['client']} on the same "
+    workers = f"{result['workers']} worker" + ("s" if result["workers"] > 1 else "")
+    fig.suptitle(f"seqkit serve /tag, {Path(result['run']).name}, {result['precision']}, {workers}, "
+                 f"{result['device']}; load from {result['client']} on the same "
                  f"{result['cores']} cores{ratio}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
