@@ -179,5 +179,6 @@ def test_the_deployment_benchmarks_run_end_to_end(tagger, tmp_path):
     assert serve["ratio"] > 0
     assert (tmp_path / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     again = subprocess.run([sys.executable, str(ROOT / "bench" / "serve.py"), "--plot", str(out), "--png",
-                            str(tmp_path / "again.png")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+                            str(tmp_path / "again.png")], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
     assert again.returncode == 0 and (tmp_path / "again.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
