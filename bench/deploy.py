@@ -7,6 +7,7 @@ several client threads on one model, and streaming transcription (CER, chunk-to-
     python bench/deploy.py stream runs/ctc-stream           # streaming CER and latency, 100 ms chunks
     python bench/deploy.py batching runs/msra               # tag() one sentence a call vs 64 a call
     python bench/deploy.py batching runs/msra --batch 32 --device cuda   # the same on a GPU
+    python bench/deploy.py padding runs/msra --batch 32     # one length n times a call: what padding costs
 
 Each figure is end to end, as an app sees it: text to entities (tokenising, network, Viterbi)
 or waveform to text (log-mel features, network, greedy CTC). ``export`` and ``stream`` use one
@@ -198,21 +199,55 @@ def bench_batching(run: Path, limit: int, threads: int, batch: int, precision: s
     return result
 
 
+def bench_padding(run: Path, limit: int, threads: int, batch: int, precision: str = "fp32",
+                  device: str = "cpu", lengths: tuple[int, ...] = (15, 30, 60, 100)) -> dict:
+    """What padding costs a batch: ``tag()`` on n copies of one test sentence of about each
+    length (no padding at all), ms a call for n = 1, 16 and ``batch``; and how many padded steps
+    ``batch`` test sentences as they come hold for each real one."""
+    model = seqkit.load(run, threads=threads, precision=precision, device=device)
+    kind, items = _inputs(model, limit)
+    if kind != "sentences":
+        raise SystemExit("padding: a tagging run is needed")
+    sizes = [len(model.tag(t)["tokens"]) for t in items]
+    chunks = [sizes[i: i + batch] for i in range(0, len(sizes), batch)]
+    result = {"run": str(run), "threads": threads, "precision": precision, "device": device, "batch": batch,
+              "padded_per_real": round(sum(max(c) * len(c) for c in chunks) / max(1, sum(sizes)), 2),
+              "ms_per_call": {}}
+    print(f"{len(items)} sentences {batch} a call as they come: {result['padded_per_real']} padded steps "
+          f"per real one")
+    for want in lengths:
+        pick = min(range(len(items)), key=lambda i: abs(sizes[i] - want))
+        row = {}
+        for n in sorted({1, 16, batch}):
+            texts = [items[pick]] * n
+            model.tag(texts)  # warm-up
+            reps = max(3, 64 // n)
+            started = time.perf_counter()
+            for _ in range(reps):
+                model.tag(texts)
+            row[n] = round((time.perf_counter() - started) / reps * 1e3, 2)
+        result["ms_per_call"][sizes[pick]] = row
+        gains = ", ".join(f"n={n} {ms} ms ({row[1] * n / ms:.1f}x)" for n, ms in row.items() if n > 1)
+        print(f"{sizes[pick]} tokens: n=1 {row[1]} ms; {gains}", flush=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python bench/deploy.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["export", "threads", "stream", "batching"])
+    parser.add_argument("what", choices=["export", "threads", "stream", "batching", "padding"])
     parser.add_argument("run", type=Path)
     parser.add_argument("--limit", type=int, default=300, help="test items (default 300)")
     parser.add_argument("--threads", type=int, default=1, help="torch's (and onnxruntime's) intra-op threads "
                                                                 "(default 1)")
-    parser.add_argument("--batch", type=int, default=64, help="the throughput batch (export, batching; default 64)")
+    parser.add_argument("--batch", type=int, default=64,
+                        help="the throughput batch (export, batching, padding; default 64)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4], help="client threads (threads)")
     parser.add_argument("--rounds", type=int, default=1, help="passes over the items per client count (threads)")
     parser.add_argument("--chunk-ms", type=int, default=100, help="streamed chunk (stream; default 100)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="the eager model's precision (export, threads, batching; default fp32)")
     parser.add_argument("--device", default="cpu",
-                        help="the eager model's device (threads, batching; default cpu; cuda for a GPU)")
+                        help="the eager model's device (threads, batching, padding; default cpu; cuda for a GPU)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args(argv)
     if args.what == "export":
@@ -222,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
                                args.device)
     elif args.what == "batching":
         result = bench_batching(args.run, args.limit, args.threads, args.batch, args.precision, args.device)
+    elif args.what == "padding":
+        result = bench_padding(args.run, args.limit, args.threads, args.batch, args.precision, args.device)
     else:
         result = bench_stream(args.run, args.limit, args.threads, args.chunk_ms)
     if args.json:

@@ -167,6 +167,13 @@ def test_the_deployment_benchmarks_run_end_to_end(tagger, tmp_path):
     batching = json.loads(out.read_text())
     assert batching["device"] == "cpu" and batching["sentences"] == 12 and batching["batch"] == 4
     assert batching["one_per_call_per_s"] > 0 and batching["batched_per_s"] > 0 and batching["encoder_ms_batched"] > 0
+    out = tmp_path / "padding.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "deploy.py"), "padding", str(tagger), "--limit", "12",
+                    "--batch", "4", "--json", str(out)], check=True, env=env, cwd=ROOT, capture_output=True,
+                   timeout=300)
+    padding = json.loads(out.read_text())
+    assert padding["padded_per_real"] >= 1 and padding["ms_per_call"]
+    assert all(set(row) == {"1", "4", "16"} and min(row.values()) > 0 for row in padding["ms_per_call"].values())
     out = tmp_path / "serve.json"
     subprocess.run([sys.executable, str(ROOT / "bench" / "serve.py"), str(tagger), "--requests", "8",
                     "--clients", "1,4", "--device", "cpu", "--json", str(out), "--png", str(tmp_path / "serve.png")],
