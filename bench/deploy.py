@@ -35,6 +35,7 @@ import torch
 
 import seqkit
 from seqkit.export import export_run
+from seqkit.export_runtime import tokens_with_offsets
 from seqkit.recipe import PRECISIONS
 
 
@@ -208,7 +209,7 @@ def bench_padding(run: Path, limit: int, threads: int, batch: int, precision: st
     kind, items = _inputs(model, limit)
     if kind != "sentences":
         raise SystemExit("padding: a tagging run is needed")
-    sizes = [len(model.tag(t)["tokens"]) for t in items]
+    sizes = [len(tokens_with_offsets(t, model.vocab.tokenize)[0]) for t in items]  # tokens as tag() cuts them
     chunks = [sizes[i: i + batch] for i in range(0, len(sizes), batch)]
     result = {"run": str(run), "threads": threads, "precision": precision, "device": device, "batch": batch,
               "padded_per_real": round(sum(max(c) * len(c) for c in chunks) / max(1, sum(sizes)), 2),

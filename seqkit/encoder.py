@@ -429,15 +429,14 @@ class Encoder(nn.Module):
         against 1,241-1,263 sentences/s (``bench/deploy.py batching``, docs/results.md).
         None (run the layers one direction at a time) for an LSTM cell whose initial state is
         not zero: its reverse direction would not start from it."""
-        n = x.size(1)
         states = []
         for layer in range(self.num_layers):
-            cells = [self.cells[f"l{layer}"], self.cells[f"l{layer}_reverse"]]
+            keys = [f"l{layer}", f"l{layer}_reverse"]
             h0 = tuple(torch.stack(parts) for parts in zip(*(
-                c.initial_state(n, device=x.device, dtype=x.dtype) for c in cells)))  # (2, N, H) each
-            if cells[0].fused == "lstm" and any(bool(s.any()) for s in h0):
-                return None
-            states.append((cells, h0))
+                self._initial(key, 0, None, x) for key in keys)))  # (2, N, H) each
+            states.append(([self.cells[key] for key in keys], h0))
+        if states[0][0][0].fused == "lstm" and bool(torch.stack([s.any() for _, h0 in states for s in h0]).any()):
+            return None  # one check (one host sync) for every layer's states
         lengths = torch.as_tensor(lens, device=x.device)
         finals = []
         for cells, h0 in states:
